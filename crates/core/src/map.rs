@@ -1,0 +1,338 @@
+//! The cluster map: which nodes exist (id → addresses) and which nodes host
+//! the replicas of each shard. It lives in the metadata Raft group, so it is
+//! durable and consistent; every change bumps `version`, and every node serves
+//! its copy so clients and nodes can refresh a stale one.
+//!
+//! Changes are pure functions from one map to the next (`with_*`), validated
+//! before they are proposed, so the rules are unit-tested without a cluster.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{NodeId, ShardId, codec};
+
+/// Format version of an encoded [`ClusterMap`].
+pub const MAP_FORMAT: u8 = 1;
+/// Most shards a cluster may have (keeps shard ids clear of the metadata group's id).
+pub const MAX_SHARDS: u32 = 65_536;
+/// Most voters the metadata group gets; more nodes join it as learners.
+pub const MAX_META_VOTERS: usize = 5;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// The name peers and clients use: a stable DNS name in Kubernetes.
+    pub host: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub admin_port: u16,
+}
+
+impl NodeAddr {
+    pub fn client_endpoint(&self) -> String {
+        format!("http://{}:{}", self.host, self.client_port)
+    }
+    pub fn peer_endpoint(&self) -> String {
+        format!("http://{}:{}", self.host, self.peer_port)
+    }
+    pub fn admin_endpoint(&self) -> String {
+        format!("http://{}:{}", self.host, self.admin_port)
+    }
+}
+
+/// Replicas of one shard. Voters form its quorum; learners are catching up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardReplicas {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+}
+
+impl ShardReplicas {
+    pub fn contains(&self, node: NodeId) -> bool {
+        self.voters.contains(&node) || self.learners.contains(&node)
+    }
+    pub fn all(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMap {
+    /// Chosen at bootstrap; peers refuse to talk across clusters.
+    pub cluster_id: String,
+    /// Bumped by every change; a reader with a lower version is stale.
+    pub version: u64,
+    /// Fixed at bootstrap (see [`crate::hash`]).
+    pub shard_count: u32,
+    pub replication_factor: u32,
+    pub nodes: BTreeMap<NodeId, NodeAddr>,
+    /// Indexed by shard id.
+    pub shards: Vec<ShardReplicas>,
+    /// Voters of the metadata group itself.
+    pub meta_voters: Vec<NodeId>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MapError {
+    #[error("a cluster needs at least one shard")]
+    NoShards,
+    #[error("{0} shards is over the maximum of {MAX_SHARDS}")]
+    TooManyShards(u32),
+    #[error("replication factor must be at least 1")]
+    ZeroReplicationFactor,
+    #[error("replication factor {rf} needs at least {rf} nodes, but only {nodes} were given")]
+    TooFewNodes { rf: u32, nodes: usize },
+    #[error("node id {0} is listed twice")]
+    DuplicateNode(NodeId),
+    #[error("node id 0 is reserved")]
+    ZeroNodeId,
+    #[error("unknown shard {shard}: the cluster has {shard_count} shards")]
+    UnknownShard { shard: ShardId, shard_count: u32 },
+    #[error("unknown node {0}")]
+    UnknownNode(NodeId),
+    #[error("node {node} still hosts replicas of shards {shards:?}; move them first")]
+    NodeStillHostsReplicas { node: NodeId, shards: Vec<ShardId> },
+    #[error("node {0} is a voter of the metadata group; it cannot be removed")]
+    NodeIsMetaVoter(NodeId),
+}
+
+impl ClusterMap {
+    /// The map a cluster starts with: every node known, each shard on
+    /// `replication_factor` nodes by [`initial_placement`].
+    pub fn bootstrap(
+        cluster_id: String,
+        nodes: BTreeMap<NodeId, NodeAddr>,
+        shard_count: u32,
+        replication_factor: u32,
+    ) -> Result<Self, MapError> {
+        if shard_count == 0 {
+            return Err(MapError::NoShards);
+        }
+        if shard_count > MAX_SHARDS {
+            return Err(MapError::TooManyShards(shard_count));
+        }
+        if replication_factor == 0 {
+            return Err(MapError::ZeroReplicationFactor);
+        }
+        if nodes.contains_key(&0) {
+            return Err(MapError::ZeroNodeId);
+        }
+        let ids: Vec<NodeId> = nodes.keys().copied().collect();
+        let shards = initial_placement(&ids, shard_count, replication_factor)?
+            .into_iter()
+            .map(|voters| ShardReplicas { voters, learners: vec![] })
+            .collect();
+        Ok(ClusterMap {
+            cluster_id,
+            version: 1,
+            shard_count,
+            replication_factor,
+            meta_voters: meta_voters(&ids),
+            nodes,
+            shards,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(MAP_FORMAT, self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, codec::CodecError> {
+        codec::decode("cluster map", MAP_FORMAT, bytes)
+    }
+
+    pub fn replicas(&self, shard: ShardId) -> Result<&ShardReplicas, MapError> {
+        self.shards
+            .get(shard as usize)
+            .ok_or(MapError::UnknownShard { shard, shard_count: self.shard_count })
+    }
+
+    pub fn node(&self, id: NodeId) -> Result<&NodeAddr, MapError> {
+        self.nodes.get(&id).ok_or(MapError::UnknownNode(id))
+    }
+
+    /// Shards that have a replica (voter or learner) on `node`.
+    pub fn shards_on(&self, node: NodeId) -> Vec<ShardId> {
+        (0..self.shard_count).filter(|&s| self.shards[s as usize].contains(node)).collect()
+    }
+
+    /// Adds (or re-addresses) a node. The node hosts nothing until replicas move to it.
+    pub fn with_node(&self, id: NodeId, addr: NodeAddr) -> Result<Self, MapError> {
+        if id == 0 {
+            return Err(MapError::ZeroNodeId);
+        }
+        let mut next = self.clone();
+        next.nodes.insert(id, addr);
+        next.version += 1;
+        Ok(next)
+    }
+
+    /// Removes a node that no longer hosts anything.
+    pub fn without_node(&self, id: NodeId) -> Result<Self, MapError> {
+        self.node(id)?;
+        let hosted = self.shards_on(id);
+        if !hosted.is_empty() {
+            return Err(MapError::NodeStillHostsReplicas { node: id, shards: hosted });
+        }
+        if self.meta_voters.contains(&id) {
+            return Err(MapError::NodeIsMetaVoter(id));
+        }
+        let mut next = self.clone();
+        next.nodes.remove(&id);
+        next.version += 1;
+        Ok(next)
+    }
+
+    /// Records the replicas of `shard` as the shard's own Raft membership now has them.
+    pub fn with_shard_replicas(&self, shard: ShardId, replicas: ShardReplicas) -> Result<Self, MapError> {
+        self.replicas(shard)?;
+        for n in replicas.all() {
+            self.node(n)?;
+        }
+        let mut next = self.clone();
+        next.shards[shard as usize] = replicas;
+        next.version += 1;
+        Ok(next)
+    }
+}
+
+/// Places `shard_count` shards of `rf` replicas each on `nodes`.
+///
+/// Shard `i` goes to the `rf` nodes starting at position `i mod n` of the
+/// sorted node list, so replicas and first replicas (which start as leaders)
+/// are spread evenly and the result depends only on the inputs.
+pub fn initial_placement(nodes: &[NodeId], shard_count: u32, rf: u32) -> Result<Vec<Vec<NodeId>>, MapError> {
+    let mut sorted = nodes.to_vec();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(MapError::DuplicateNode(w[0]));
+    }
+    if rf == 0 {
+        return Err(MapError::ZeroReplicationFactor);
+    }
+    if (sorted.len() as u64) < u64::from(rf) {
+        return Err(MapError::TooFewNodes { rf, nodes: sorted.len() });
+    }
+    let n = sorted.len();
+    Ok((0..shard_count as usize)
+        .map(|i| (0..rf as usize).map(|j| sorted[(i + j) % n]).collect())
+        .collect())
+}
+
+/// Voters of the metadata group: an odd number, at most [`MAX_META_VOTERS`],
+/// the lowest node ids (deterministic, so every node computes the same set).
+pub fn meta_voters(nodes: &[NodeId]) -> Vec<NodeId> {
+    let mut sorted = nodes.to_vec();
+    sorted.sort_unstable();
+    let mut count = sorted.len().min(MAX_META_VOTERS);
+    if count.is_multiple_of(2) && count > 0 {
+        count -= 1;
+    }
+    sorted.truncate(count);
+    sorted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(i: u16) -> NodeAddr {
+        NodeAddr { host: format!("n{i}"), client_port: 1000 + i, peer_port: 2000 + i, admin_port: 3000 + i }
+    }
+
+    fn nodes(ids: &[NodeId]) -> BTreeMap<NodeId, NodeAddr> {
+        ids.iter().map(|&i| (i, addr(i as u16))).collect()
+    }
+
+    #[test]
+    fn placement_spreads_replicas_and_leaders_evenly() {
+        let p = initial_placement(&[30, 10, 20], 8, 3).unwrap();
+        assert_eq!(p.len(), 8);
+        for replicas in &p {
+            let mut r = replicas.clone();
+            r.sort();
+            assert_eq!(r, vec![10, 20, 30]);
+        }
+        let firsts: Vec<_> = p.iter().map(|r| r[0]).collect();
+        assert_eq!(firsts, vec![10, 20, 30, 10, 20, 30, 10, 20]);
+    }
+
+    #[test]
+    fn placement_with_more_nodes_than_rf_balances_load() {
+        let p = initial_placement(&[1, 2, 3, 4, 5], 10, 3).unwrap();
+        let mut load = BTreeMap::new();
+        for r in &p {
+            assert_eq!(r.len(), 3);
+            let mut d = r.clone();
+            d.dedup();
+            assert_eq!(d.len(), 3, "replicas of one shard on distinct nodes: {r:?}");
+            for n in r {
+                *load.entry(*n).or_insert(0) += 1;
+            }
+        }
+        assert!(load.values().all(|&l| l == 6), "{load:?}");
+    }
+
+    #[test]
+    fn placement_refuses_bad_input() {
+        assert_eq!(initial_placement(&[1, 2], 4, 3), Err(MapError::TooFewNodes { rf: 3, nodes: 2 }));
+        assert_eq!(initial_placement(&[1, 1, 2], 4, 2), Err(MapError::DuplicateNode(1)));
+        assert_eq!(initial_placement(&[1, 2], 4, 0), Err(MapError::ZeroReplicationFactor));
+    }
+
+    #[test]
+    fn meta_voters_are_odd_and_bounded() {
+        assert_eq!(meta_voters(&[5]), vec![5]);
+        assert_eq!(meta_voters(&[2, 1]), vec![1]);
+        assert_eq!(meta_voters(&[3, 1, 2]), vec![1, 2, 3]);
+        assert_eq!(meta_voters(&[4, 3, 1, 2]), vec![1, 2, 3]);
+        assert_eq!(meta_voters(&[7, 6, 5, 4, 3, 2, 1]), vec![1, 2, 3, 4, 5]);
+        assert!(meta_voters(&[]).is_empty());
+    }
+
+    #[test]
+    fn bootstrap_map_is_valid_and_round_trips() {
+        let m = ClusterMap::bootstrap("c1".into(), nodes(&[1, 2, 3]), 8, 3).unwrap();
+        assert_eq!(m.version, 1);
+        assert_eq!(m.shards.len(), 8);
+        assert_eq!(m.meta_voters, vec![1, 2, 3]);
+        assert_eq!(m.shards_on(2).len(), 8);
+        assert_eq!(ClusterMap::decode(&m.encode()).unwrap(), m);
+        assert_eq!(m.replicas(8), Err(MapError::UnknownShard { shard: 8, shard_count: 8 }));
+        assert_eq!(ClusterMap::bootstrap("c".into(), nodes(&[1]), 0, 1), Err(MapError::NoShards));
+        assert_eq!(
+            ClusterMap::bootstrap("c".into(), nodes(&[1]), MAX_SHARDS + 1, 1),
+            Err(MapError::TooManyShards(MAX_SHARDS + 1))
+        );
+        assert_eq!(ClusterMap::bootstrap("c".into(), nodes(&[0, 1]), 1, 1), Err(MapError::ZeroNodeId));
+    }
+
+    #[test]
+    fn node_changes_bump_version_and_guard_hosted_replicas() {
+        let m = ClusterMap::bootstrap("c1".into(), nodes(&[1, 2, 3]), 4, 3).unwrap();
+        let m2 = m.with_node(4, addr(4)).unwrap();
+        assert_eq!(m2.version, 2);
+        assert!(m2.shards_on(4).is_empty());
+        assert_eq!(
+            m2.without_node(3),
+            Err(MapError::NodeStillHostsReplicas { node: 3, shards: vec![0, 1, 2, 3] })
+        );
+        let m3 = m2.without_node(4).unwrap();
+        assert_eq!(m3.version, 3);
+        assert!(!m3.nodes.contains_key(&4));
+        assert_eq!(m3.without_node(9), Err(MapError::UnknownNode(9)));
+    }
+
+    #[test]
+    fn shard_replica_changes_must_name_known_nodes() {
+        let m = ClusterMap::bootstrap("c1".into(), nodes(&[1, 2, 3]), 2, 3).unwrap();
+        let r = ShardReplicas { voters: vec![1, 2, 3], learners: vec![9] };
+        assert_eq!(m.with_shard_replicas(0, r), Err(MapError::UnknownNode(9)));
+        let m2 = m.with_node(4, addr(4)).unwrap();
+        let r = ShardReplicas { voters: vec![1, 2, 3], learners: vec![4] };
+        let m3 = m2.with_shard_replicas(1, r.clone()).unwrap();
+        assert_eq!(m3.replicas(1).unwrap(), &r);
+        assert_eq!(m3.shards_on(4), vec![1]);
+        assert_eq!(m3.node(4).unwrap().client_endpoint(), "http://n4:1004");
+    }
+}
