@@ -1,0 +1,90 @@
+# shellcheck shell=bash
+# Shared by cluster-up.sh, cluster-down.sh and test-control-plane.sh: where
+# things are, which components exist, and how a component's process is found.
+# Sourced, never run.
+
+k8s_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$k8s_dir/versions.env"
+
+RAFTKV_CACHE_DIR="${RAFTKV_CACHE_DIR:-$HOME/.cache/raftkv}"
+K8S_BIN="${K8S_BIN:-$RAFTKV_CACHE_DIR/k8s/$K8S_VERSION/bin}"
+STATE="${RAFTKV_CLUSTER_DIR:-$RAFTKV_CACHE_DIR/cluster}"
+STATE="${STATE%/}"
+KUBECONFIG_FILE="$STATE/kubeconfig"
+
+# Components in start order; cluster-down stops them in reverse. To add one
+# (the pod runner, kube-proxy, ...): append its name here and define, in
+# cluster-up.sh, `args_<name>` (prints its command line, one word per line,
+# binary first) and `healthy_<name>` (exit 0 once it serves).
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+
+# Service ClusterIPs; the first address is the `kubernetes` Service and is in
+# the apiserver certificate.
+SERVICE_CIDR="${RAFTKV_SERVICE_CIDR:-10.96.0.0/16}"
+SERVICE_APISERVER_IP="${RAFTKV_SERVICE_APISERVER_IP:-10.96.0.1}"
+
+# Ports: defaults chosen away from raftkv's own (2379-2381, 8080) and from a
+# stock control plane's (2379, 6443, 10257, 10259), each overridable. The
+# ports actually used are recorded in $STATE/ports.env by cluster-up.
+declare -A DEFAULT_PORT=(
+	[ETCD_CLIENT_PORT]="${RAFTKV_ETCD_CLIENT_PORT:-23790}"
+	[ETCD_PEER_PORT]="${RAFTKV_ETCD_PEER_PORT:-23800}"
+	[APISERVER_PORT]="${RAFTKV_APISERVER_PORT:-26443}"
+	[CONTROLLER_MANAGER_PORT]="${RAFTKV_CONTROLLER_MANAGER_PORT:-20257}"
+	[SCHEDULER_PORT]="${RAFTKV_SCHEDULER_PORT:-20259}"
+)
+
+log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
+
+pidfile() { echo "$STATE/pids/$1.pid"; }
+
+# component_pid <name>: prints the pid and succeeds if the component recorded
+# in its pid file is alive *and* is ours (its command line names our state
+# dir), so a recycled pid is never mistaken for it.
+component_pid() {
+	local f pid
+	f="$(pidfile "$1")"
+	[[ -f "$f" ]] || return 1
+	pid="$(<"$f")"
+	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
+	is_ours "$pid" || return 1
+	echo "$pid"
+}
+
+# is_ours <pid>: the process is alive, not a zombie, and its argv mentions $STATE/.
+is_ours() {
+	local pid="$1" state
+	[[ -r "/proc/$pid/cmdline" ]] || return 1
+	state="$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)"
+	[[ -n "$state" && "$state" != Z ]] || return 1
+	tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE/"
+}
+
+# our_pids: every live process whose argv names $STATE/ and whose binary is one
+# of ours (K8S_BIN or a component registered later under $STATE/bin). Used by
+# cluster-down as a sweep when pid files were lost.
+our_pids() {
+	local p exe
+	for p in /proc/[0-9]*; do
+		p="${p#/proc/}"
+		[[ "$p" == "$$" || "$p" == "$BASHPID" ]] && continue
+		exe="$(readlink "/proc/$p/exe" 2>/dev/null)" || continue
+		exe="${exe% (deleted)}"
+		case "${exe##*/}" in kubectl | helm) continue ;; esac # clients, not components
+		case "$exe" in
+		"$K8S_BIN"/* | "$STATE"/*) is_ours "$p" && echo "$p" ;;
+		esac
+	done
+}
+
+load_ports() {
+	local k
+	for k in "${!DEFAULT_PORT[@]}"; do printf -v "$k" '%s' "${DEFAULT_PORT[$k]}"; done
+	# shellcheck source=/dev/null
+	[[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
+	return 0
+}
+
+kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+helm() { "$K8S_BIN/helm" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
