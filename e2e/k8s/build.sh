@@ -163,6 +163,8 @@ etcd_sum="$(cd "$here/etcd" && go mod download -json "go.etcd.io/etcd/server/v3@
 
 log "building helm $HELM_VERSION and kwok $KWOK_VERSION"
 helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+helm_sum="$(cd "$here/tools" && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^[[:space:]]*"Sum": "\(.*\)",$/\1/p')"
+helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitCommit=$helm_sum"
 helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 # Helm's default capabilities (helm template/lint without a cluster) and its
 # deprecation lint use these; unset, Helm believes the cluster is v1.20.

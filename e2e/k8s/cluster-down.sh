@@ -35,6 +35,7 @@ if [[ ! -d "$STATE" ]]; then
 	exit 0
 fi
 
+lock_state
 for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
 	c="${COMPONENTS[$i]}"
 	if pid="$(component_pid "$c")"; then
@@ -65,7 +66,7 @@ fi
 
 rm -rf "$STATE/etcd" "$STATE/apiserver-certs"
 if [[ "${1:-}" == "--purge" ]]; then
-	rm -rf "$STATE"
+	rm -rf "${STATE:?}"
 	log "stopped; removed $STATE"
 else
 	log "stopped (pki/ and logs/ kept in $STATE)"

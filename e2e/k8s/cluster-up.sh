@@ -24,6 +24,7 @@ START_TIMEOUT="${RAFTKV_START_TIMEOUT:-90}"
 # --- binaries ----------------------------------------------------------------
 "$k8s_dir/build.sh" >/dev/null
 
+lock_state
 mkdir -p "$STATE"/{pki,logs,pids}
 load_ports
 
@@ -255,7 +256,8 @@ start_component() {
 	printf '\n==== %s starting %s\n%s\n' "$(date -u +%FT%TZ)" "$c" "${argv[*]}" >>"$log"
 	# setsid: own session and process group, so the component outlives this
 	# script and cluster-down can signal the whole group.
-	setsid "${argv[@]}" </dev/null >>"$log" 2>&1 &
+	# 9>&-: the lock_state fd must not outlive this script in the component.
+	setsid "${argv[@]}" </dev/null >>"$log" 2>&1 9>&- &
 	echo "$!" >"$(pidfile "$c")"
 }
 

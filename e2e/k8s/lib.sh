@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # variables here are used by the scripts sourcing this file
 # Shared by cluster-up.sh, cluster-down.sh and test-control-plane.sh: where
 # things are, which components exist, and how a component's process is found.
 # Sourced, never run.
@@ -84,6 +85,14 @@ load_ports() {
 	# shellcheck source=/dev/null
 	[[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
 	return 0
+}
+
+# lock_state: one cluster-up/cluster-down at a time per state dir.
+lock_state() {
+	mkdir -p "$STATE"
+	command -v flock >/dev/null 2>&1 || return 0
+	exec 9>"$STATE/.lock"
+	flock -w 300 9 || { log "another cluster-up/down holds $STATE/.lock"; exit 1; }
 }
 
 kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }

@@ -45,6 +45,11 @@ eventually() {
 	done
 }
 
+# contains <text> <fixed string>: with a message saying what was missing.
+contains() {
+	grep -qF -- "$2" <<<"$1" || { echo "expected to find: $2"; return 1; }
+}
+
 new_ns() { # new_ns <name>: a fresh namespace for one check
 	kubectl delete namespace "$1" --ignore-not-found --wait=true --timeout=60s >/dev/null 2>&1
 	kubectl create namespace "$1" && namespaces+=("$1")
@@ -68,19 +73,32 @@ t_readyz() {
 	local r
 	r="$(kubectl get --raw=/readyz)" || return 1
 	[[ "$r" == ok ]] || { echo "/readyz said: $r"; return 1; }
-	# Every component, not only the apiserver.
-	kubectl get --raw='/readyz?verbose' | grep -q 'readyz check passed'
+	contains "$(kubectl get --raw='/readyz?verbose')" 'readyz check passed' || return 1
+	# controller-manager and scheduler serve /healthz on the ports cluster-up recorded
+	load_ports
+	local p
+	for p in "$CONTROLLER_MANAGER_PORT" "$SCHEDULER_PORT"; do
+		[[ "$(curl -skf --max-time 5 "https://127.0.0.1:$p/healthz")" == ok ]] || { echo "healthz on :$p failed"; return 1; }
+	done
+	note "apiserver /readyz; controller-manager :$CONTROLLER_MANAGER_PORT and scheduler :$SCHEDULER_PORT /healthz"
 }
 
 t_version() {
 	local server client
 	server="$(kubectl get --raw=/version)" || return 1
 	echo "$server"
-	grep -q "\"gitVersion\": \"$K8S_VERSION\"" <<<"$server" || { echo "server is not $K8S_VERSION"; return 1; }
-	grep -q '"gitTreeState": "clean"' <<<"$server" || return 1
+	contains "$server" "\"gitVersion\": \"$K8S_VERSION\"" || return 1
+	contains "$server" '"gitTreeState": "clean"' || return 1
 	client="$("$K8S_BIN/kubectl" version --client -o yaml)" || return 1
-	grep -q "gitVersion: $K8S_VERSION" <<<"$client" || { echo "kubectl: $client"; return 1; }
-	note "server and kubectl $K8S_VERSION"
+	contains "$client" "gitVersion: $K8S_VERSION" || return 1
+	local b
+	for b in kube-controller-manager kube-scheduler kube-proxy; do
+		[[ "$("$K8S_BIN/$b" --version)" == "Kubernetes $K8S_VERSION" ]] || { echo "$b: $("$K8S_BIN/$b" --version)"; return 1; }
+	done
+	contains "$("$K8S_BIN/etcd" --version)" "etcd Version: ${ETCD_VERSION#v}" || return 1
+	contains "$("$K8S_BIN/helm" version)" "Version:\"$HELM_VERSION\"" || return 1
+	contains "$("$K8S_BIN/kwok" --version)" "kwok version $KWOK_VERSION " || return 1
+	note "server, kubectl, controller-manager, scheduler, kube-proxy $K8S_VERSION; etcd $ETCD_VERSION; helm $HELM_VERSION; kwok $KWOK_VERSION"
 }
 
 # Predicates for eventually: each asks the apiserver one question.
@@ -123,7 +141,7 @@ t_statefulset() {
 	eventually 60 names_exist 2 -n $ns pod db-0 db-1 || return 1
 	# each Pod uses its own claim; claims are protected (pvc-protection finalizer)
 	[[ "$(kubectl -n $ns get pod db-1 -o jsonpath='{.spec.volumes[?(@.name=="data")].persistentVolumeClaim.claimName}')" == data-db-1 ]] || return 1
-	kubectl -n $ns get pvc data-db-0 -o jsonpath='{.metadata.finalizers}' | grep -q kubernetes.io/pvc-protection || return 1
+	contains "$(kubectl -n $ns get pvc data-db-0 -o jsonpath='{.metadata.finalizers}')" kubernetes.io/pvc-protection || return 1
 	# the headless Service gets an EndpointSlice from the endpointslice controller
 	eventually 30 names_exist 1 -n $ns endpointslices -l kubernetes.io/service-name=db || return 1
 	kubectl -n $ns get sts,pods,pvc,endpointslices
@@ -136,10 +154,11 @@ t_helm() {
 	"$K8S_BIN/helm" lint --strict "$chart" || return 1
 	# Offline render: the stamped default capabilities must satisfy kubeVersion.
 	rendered="$("$K8S_BIN/helm" template demo "$chart")" || return 1
-	grep -q 'kind: Deployment' <<<"$rendered" || { echo "$rendered"; return 1; }
-	grep -q "kubeVersion: \"v$(cut -d. -f1,2 <<<"${K8S_VERSION#v}")" <<<"$rendered" || { echo "helm template thinks: $(grep kubeVersion <<<"$rendered")"; return 1; }
+	contains "$rendered" 'kind: Deployment' || return 1
+	# ... and Helm must believe the cluster is our minor (its stamped default)
+	contains "$rendered" "kubeVersion: \"v$(cut -d. -f1,2 <<<"${K8S_VERSION#v}")." || return 1
 	helm -n $ns install demo "$chart" --wait=false || return 1
-	helm -n $ns status demo | grep -q 'STATUS: deployed' || return 1
+	contains "$(helm -n $ns status demo)" 'STATUS: deployed' || return 1
 	# rendered against the live server: its exact version
 	[[ "$(kubectl -n $ns get configmap demo-hello -o jsonpath='{.data.kubeVersion}')" == "$K8S_VERSION" ]] || {
 		kubectl -n $ns get configmap demo-hello -o yaml
@@ -159,9 +178,10 @@ t_invalid_rejected() {
 		return 1
 	fi
 	echo "$err"
-	grep -q 'The Deployment "broken" is invalid' <<<"$err" || return 1
-	grep -q 'spec.replicas: Invalid value: -1: must be greater than or equal to 0' <<<"$err" || return 1
-	grep -q '`selector` does not match template `labels`' <<<"$err" || return 1
+	contains "$err" 'The Deployment "broken" is invalid' || return 1
+	contains "$err" 'spec.replicas: Invalid value: -1: must be greater than or equal to 0' || return 1
+	# shellcheck disable=SC2016 # backquotes are part of the apiserver's message
+	contains "$err" '`selector` does not match template `labels`' || return 1
 	[[ "$(count -n $ns deploy)" == 0 ]] || return 1
 	note "$(grep -o 'spec.replicas: Invalid value: -1: [^,]*' <<<"$err" | head -n1)"
 }
@@ -178,8 +198,8 @@ t_crd_cel() {
 		return 1
 	fi
 	echo "$err"
-	grep -q 'The Widget "bad" is invalid' <<<"$err" || return 1
-	grep -q 'minReplicas must not exceed replicas' <<<"$err" || return 1
+	contains "$err" 'The Widget "bad" is invalid' || return 1
+	contains "$err" 'minReplicas must not exceed replicas' || return 1
 	kubectl delete -f "$testdata/crd-widgets.yaml" --wait=true --timeout=60s || return 1
 	note "$(grep -o 'spec: Invalid value: .*' <<<"$err" | head -n1)"
 }
@@ -242,7 +262,7 @@ if ((failed)); then
 	exit 1
 fi
 check "/readyz is ok" t_readyz
-check "server version is the stamped $K8S_VERSION" t_version
+check "versions: server and binaries are the stamped $K8S_VERSION" t_version
 check "Deployment -> ReplicaSet -> Pods (controllers + scheduler)" t_deployment
 check "StatefulSet with volumeClaimTemplate -> PVCs + Pods" t_statefulset
 check "helm lint, template, install, uninstall" t_helm
