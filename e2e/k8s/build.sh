@@ -70,7 +70,13 @@ ensure_go() {
 	if [[ ! -x "$goroot/bin/go" ]] || ! go_ok "$goroot/bin/go"; then
 		need_pkg unzip unzip
 		local sum_var="GO_TOOLCHAIN_SHA256_linux_${arch}" zip
-		local url="${GOPROXY_URL:-https://proxy.golang.org}/golang.org/toolchain/@v/v0.0.1-go${GO_VERSION}.linux-${arch}.zip"
+		# The first real proxy of $GOPROXY (as go itself would use), else the default.
+		local proxy="" p
+		local goproxy="${GOPROXY:-}"
+		for p in ${goproxy//[,|]/ }; do
+			[[ "$p" == direct || "$p" == off ]] || { proxy="$p"; break; }
+		done
+		local url="${proxy:-https://proxy.golang.org}/golang.org/toolchain/@v/v0.0.1-go${GO_VERSION}.linux-${arch}.zip"
 		zip="$(mktemp)"
 		log "fetching Go ${GO_VERSION} from the module proxy: $url"
 		curl -fsSL -o "$zip" "$url"

@@ -28,8 +28,6 @@ lock_state
 mkdir -p "$STATE"/{pki,logs,pids}
 load_ports
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 all_running() {
 	local c
 	for c in "${COMPONENTS[@]}"; do component_pid "$c" >/dev/null || return 1; done
@@ -39,7 +37,7 @@ all_running() {
 # someone else, move to the next free port and record it. ---------------------
 choose_ports() {
 	local k p used=" "
-	for k in ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT SCHEDULER_PORT; do
+	for k in "${PORT_NAMES[@]}"; do
 		p="${!k}"
 		while port_busy "$p" || [[ "$used" == *" $p "* ]]; do
 			p=$((p + 1))
@@ -51,7 +49,7 @@ choose_ports() {
 	done
 	{
 		echo "# written by cluster-up.sh"
-		for k in ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT SCHEDULER_PORT; do
+		for k in "${PORT_NAMES[@]}"; do
 			echo "$k=${!k}"
 		done
 	} >"$STATE/ports.env"

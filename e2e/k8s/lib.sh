@@ -11,7 +11,7 @@ source "$k8s_dir/versions.env"
 RAFTKV_CACHE_DIR="${RAFTKV_CACHE_DIR:-$HOME/.cache/raftkv}"
 K8S_BIN="${K8S_BIN:-$RAFTKV_CACHE_DIR/k8s/$K8S_VERSION/bin}"
 STATE="${RAFTKV_CLUSTER_DIR:-$RAFTKV_CACHE_DIR/cluster}"
-STATE="${STATE%/}"
+STATE="$(realpath -m "$STATE")" # absolute: it identifies our processes by argv
 KUBECONFIG_FILE="$STATE/kubeconfig"
 
 # Components in start order; cluster-down stops them in reverse. To add one
@@ -26,14 +26,16 @@ SERVICE_CIDR="${RAFTKV_SERVICE_CIDR:-10.96.0.0/16}"
 SERVICE_APISERVER_IP="${RAFTKV_SERVICE_APISERVER_IP:-10.96.0.1}"
 
 # Ports: defaults chosen away from raftkv's own (2379-2381, 8080) and from a
-# stock control plane's (2379, 6443, 10257, 10259), each overridable. The
-# ports actually used are recorded in $STATE/ports.env by cluster-up.
+# stock control plane's (2379, 6443, 10257, 10259). RAFTKV_<NAME> in the
+# environment wins; otherwise the ports recorded in $STATE/ports.env by the
+# last cluster-up (which moves off a busy default) are kept.
+PORT_NAMES=(ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT SCHEDULER_PORT)
 declare -A DEFAULT_PORT=(
-	[ETCD_CLIENT_PORT]="${RAFTKV_ETCD_CLIENT_PORT:-23790}"
-	[ETCD_PEER_PORT]="${RAFTKV_ETCD_PEER_PORT:-23800}"
-	[APISERVER_PORT]="${RAFTKV_APISERVER_PORT:-26443}"
-	[CONTROLLER_MANAGER_PORT]="${RAFTKV_CONTROLLER_MANAGER_PORT:-20257}"
-	[SCHEDULER_PORT]="${RAFTKV_SCHEDULER_PORT:-20259}"
+	[ETCD_CLIENT_PORT]=23790
+	[ETCD_PEER_PORT]=23800
+	[APISERVER_PORT]=26443
+	[CONTROLLER_MANAGER_PORT]=20257
+	[SCHEDULER_PORT]=20259
 )
 
 log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
@@ -63,8 +65,8 @@ is_ours() {
 }
 
 # our_pids: every live process whose argv names $STATE/ and whose binary is one
-# of ours (K8S_BIN or a component registered later under $STATE/bin). Used by
-# cluster-down as a sweep when pid files were lost.
+# of ours (from any version's bin dir, or a component installed under $STATE).
+# Used by cluster-down as a sweep when pid files were lost.
 our_pids() {
 	local p exe
 	for p in /proc/[0-9]*; do
@@ -74,16 +76,20 @@ our_pids() {
 		exe="${exe% (deleted)}"
 		case "${exe##*/}" in kubectl | helm) continue ;; esac # clients, not components
 		case "$exe" in
-		"$K8S_BIN"/* | "$STATE"/*) is_ours "$p" && echo "$p" ;;
+		"$K8S_BIN"/* | "$RAFTKV_CACHE_DIR"/k8s/*/bin/* | "$STATE"/*) is_ours "$p" && echo "$p" ;;
 		esac
 	done
 }
 
 load_ports() {
-	local k
-	for k in "${!DEFAULT_PORT[@]}"; do printf -v "$k" '%s' "${DEFAULT_PORT[$k]}"; done
+	local k env
+	for k in "${PORT_NAMES[@]}"; do printf -v "$k" '%s' "${DEFAULT_PORT[$k]}"; done
 	# shellcheck source=/dev/null
 	[[ -f "$STATE/ports.env" ]] && source "$STATE/ports.env"
+	for k in "${PORT_NAMES[@]}"; do
+		env="RAFTKV_$k"
+		[[ -n "${!env:-}" ]] && printf -v "$k" '%s' "${!env}"
+	done
 	return 0
 }
 
@@ -94,6 +100,8 @@ lock_state() {
 	exec 9>"$STATE/.lock"
 	flock -w 300 9 || { log "another cluster-up/down holds $STATE/.lock"; exit 1; }
 }
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 helm() { "$K8S_BIN/helm" --kubeconfig "$KUBECONFIG_FILE" "$@"; }

@@ -225,17 +225,19 @@ t_down_leaves_nothing() {
 	"$k8s_dir/cluster-down.sh" || return 1
 	left="$(our_pids)"
 	[[ -z "$left" ]] || { ps -o pid,args -p "${left//$'\n'/,}"; return 1; }
-	# Also by binary, whatever the argv: nothing from K8S_BIN may run
-	# (kubectl/helm clients excluded, none runs now).
-	left="$(for p in /proc/[0-9]*; do readlink "$p/exe" 2>/dev/null; done | grep -F "$K8S_BIN/" || true)"
-	[[ -z "$left" ]] || { echo "still running: $left"; return 1; }
+	# and nothing listens on the ports it used
+	load_ports
+	local k
+	for k in "${PORT_NAMES[@]}"; do
+		! port_busy "${!k}" || { echo "port ${!k} ($k) still open"; return 1; }
+	done
 	if awk -v s="$STATE/" 'index($2, s) == 1' /proc/self/mounts | grep -q .; then
 		echo "mounts left under $STATE"
 		return 1
 	fi
 	[[ ! -d "$STATE/etcd" ]] || { echo "etcd data left"; return 1; }
 	"$k8s_dir/cluster-down.sh" || { echo "a second cluster-down failed"; return 1; }
-	note "no process, mount or etcd data left; a second down is a no-op"
+	note "no process, open port, mount or etcd data left; a second down is a no-op"
 }
 
 t_second_up() {
@@ -269,7 +271,7 @@ check "helm lint, template, install, uninstall" t_helm
 check "invalid Deployment rejected by the apiserver" t_invalid_rejected
 check "CRD CEL rule (x-kubernetes-validations) rejects a bad object" t_crd_cel
 check "test namespaces are deleted (namespace controller, finalizers)" t_namespaces_deleted
-check "cluster-down leaves no process, mount or data" t_down_leaves_nothing
+check "cluster-down leaves no process, port, mount or data" t_down_leaves_nothing
 check "a second cluster-up works" t_second_up
 check "cluster-down at the end" t_final_down
 
