@@ -64,7 +64,8 @@ if [[ -n "$left" ]]; then
 	exit 1
 fi
 
-rm -rf "$STATE/etcd" "$STATE/apiserver-certs"
+# etcd data and what describes that cluster's contents (discovery cache)
+rm -rf "$STATE/etcd" "$STATE/apiserver-certs" "$STATE/kube-cache"
 if [[ "${1:-}" == "--purge" ]]; then
 	rm -rf "${STATE:?}"
 	log "stopped; removed $STATE"

@@ -103,5 +103,12 @@ lock_state() {
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
-helm() { "$K8S_BIN/helm" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
+# Discovery cache in the state dir too (a fresh cluster reuses host:port).
+kubectl() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" --cache-dir "$STATE/kube-cache" "$@"; }
+# Helm's config, cache and data (repositories, plugins) and its discovery
+# cache stay in the state dir, never in the user's ~/.config/helm or ~/.kube.
+helm() {
+	HELM_CONFIG_HOME="$STATE/helm/config" HELM_CACHE_HOME="$STATE/helm/cache" \
+		HELM_DATA_HOME="$STATE/helm/data" KUBECACHEDIR="$STATE/kube-cache" \
+		"$K8S_BIN/helm" --kubeconfig "$KUBECONFIG_FILE" "$@"
+}

@@ -96,7 +96,7 @@ t_version() {
 		[[ "$("$K8S_BIN/$b" --version)" == "Kubernetes $K8S_VERSION" ]] || { echo "$b: $("$K8S_BIN/$b" --version)"; return 1; }
 	done
 	contains "$("$K8S_BIN/etcd" --version)" "etcd Version: ${ETCD_VERSION#v}" || return 1
-	contains "$("$K8S_BIN/helm" version)" "Version:\"$HELM_VERSION\"" || return 1
+	contains "$(helm version)" "Version:\"$HELM_VERSION\"" || return 1
 	contains "$("$K8S_BIN/kwok" --version)" "kwok version $KWOK_VERSION " || return 1
 	note "server, kubectl, controller-manager, scheduler, kube-proxy $K8S_VERSION; etcd $ETCD_VERSION; helm $HELM_VERSION; kwok $KWOK_VERSION"
 }
@@ -151,9 +151,9 @@ t_statefulset() {
 t_helm() {
 	local ns=t-helm chart="$testdata/charts/hello" rendered
 	new_ns $ns || return 1
-	"$K8S_BIN/helm" lint --strict "$chart" || return 1
+	helm lint --strict "$chart" || return 1
 	# Offline render: the stamped default capabilities must satisfy kubeVersion.
-	rendered="$("$K8S_BIN/helm" template demo "$chart")" || return 1
+	rendered="$(helm template demo "$chart")" || return 1
 	contains "$rendered" 'kind: Deployment' || return 1
 	# ... and Helm must believe the cluster is our minor (its stamped default)
 	contains "$rendered" "kubeVersion: \"v$(cut -d. -f1,2 <<<"${K8S_VERSION#v}")." || return 1
@@ -167,7 +167,7 @@ t_helm() {
 	eventually 60 names_exist 1 -n $ns pods -l app.kubernetes.io/instance=demo || return 1
 	helm -n $ns uninstall demo --wait --timeout 60s || return 1
 	[[ "$(count -n $ns deploy,svc,configmap -l app.kubernetes.io/instance=demo)" == 0 ]] || return 1
-	note "$("$K8S_BIN/helm" version --template '{{.Version}}'): lint, template, install, uninstall"
+	note "$(helm version --template '{{.Version}}'): lint, template, install, uninstall"
 }
 
 t_invalid_rejected() {
