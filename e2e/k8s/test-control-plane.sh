@@ -61,6 +61,11 @@ count() { # count <kubectl get args...>: number of objects
 
 # --- checks --------------------------------------------------------------------
 
+t_gomod_current() {
+	"$k8s_dir/gen-replace.sh" --check || return 1
+	note "$(grep -c "=> k8s.io/" "$k8s_dir/components/go.mod") staging modules -> v0.${K8S_VERSION#v1.}"
+}
+
 t_cluster_up() {
 	local t0 last
 	t0=$(date +%s.%N)
@@ -263,6 +268,7 @@ if ((failed)); then
 	echo "0 passed, 1 failed"
 	exit 1
 fi
+check "components/go.mod replace block matches the release (gen-replace.sh --check)" t_gomod_current
 check "/readyz is ok" t_readyz
 check "versions: server and binaries are the stamped $K8S_VERSION" t_version
 check "Deployment -> ReplicaSet -> Pods (controllers + scheduler)" t_deployment
