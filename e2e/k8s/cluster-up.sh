@@ -251,6 +251,10 @@ start_component() {
 	local c="$1" argv log
 	mapfile -t argv < <("args_$c")
 	log="$STATE/logs/$c.log"
+	# Logs are appended across restarts; keep one previous file past 20 MB.
+	if [[ -f "$log" ]] && (($(stat -c %s "$log") > 20 * 1024 * 1024)); then
+		mv -f "$log" "$log.1"
+	fi
 	printf '\n==== %s starting %s\n%s\n' "$(date -u +%FT%TZ)" "$c" "${argv[*]}" >>"$log"
 	# setsid: own session and process group, so the component outlives this
 	# script and cluster-down can signal the whole group.
