@@ -29,7 +29,7 @@ binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl kube-pro
 export GOTOOLCHAIN=local GOFLAGS=-modcacherw CGO_ENABLED=0
 # The default Go caches (GOMODCACHE, GOCACHE) are used on purpose: CI keeps them.
 
-log() { printf 'build.sh: %s\n' "$*" >&2; }
+log() { printf 'build.sh: [%4ss] %s\n' "$SECONDS" "$*" >&2; }
 
 # --- host packages ---------------------------------------------------------
 # cluster-up needs openssl (PKI), curl (health checks) and ip (iproute2, for
@@ -117,7 +117,6 @@ fi
 
 mkdir -p "$K8S_BIN"
 rm -f "$stamp"
-start=$SECONDS
 
 # --- modules -------------------------------------------------------------------
 for m in components etcd tools; do
@@ -189,5 +188,5 @@ for b in "${binaries[@]}"; do
 	}
 done
 echo "$want_stamp" >"$stamp"
-log "built ${binaries[*]} in $((SECONDS - start))s"
+log "built ${binaries[*]} into $K8S_BIN"
 echo "$K8S_BIN"
