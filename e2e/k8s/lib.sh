@@ -57,11 +57,12 @@ component_pid() {
 
 # is_ours <pid>: the process is alive, not a zombie, and its argv mentions $STATE/.
 is_ours() {
-	local pid="$1" state
+	local pid="$1" state args
 	[[ -r "/proc/$pid/cmdline" ]] || return 1
 	state="$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)"
 	[[ -n "$state" && "$state" != Z ]] || return 1
-	tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STATE/"
+	args="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"
+	[[ "$args" == *"$STATE/"* ]]
 }
 
 # our_pids: every live process whose argv names $STATE/ and whose binary is one

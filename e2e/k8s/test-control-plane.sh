@@ -27,6 +27,7 @@ check() {
 		printf 'PASS  %s (%ss)%s\n' "$desc" "$((SECONDS - t0))" "$(msg)"
 	else
 		failed=$((failed + 1))
+		rm -f "$out/note"
 		printf 'FAIL  %s (%ss)\n' "$desc" "$((SECONDS - t0))"
 		tail -n 25 "$out/log" | sed 's/^/      | /'
 	fi
@@ -236,7 +237,7 @@ t_down_leaves_nothing() {
 	for k in "${PORT_NAMES[@]}"; do
 		! port_busy "${!k}" || { echo "port ${!k} ($k) still open"; return 1; }
 	done
-	if awk -v s="$STATE/" 'index($2, s) == 1' /proc/self/mounts | grep -q .; then
+	if [[ -n "$(awk -v s="$STATE/" 'index($2, s) == 1' /proc/self/mounts)" ]]; then
 		echo "mounts left under $STATE"
 		return 1
 	fi
