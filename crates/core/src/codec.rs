@@ -10,7 +10,11 @@ pub enum CodecError {
     #[error("empty record: expected a format version byte")]
     Empty,
     #[error("{what}: unsupported format version {found} (this build reads version {supported})")]
-    UnsupportedVersion { what: &'static str, found: u8, supported: u8 },
+    UnsupportedVersion {
+        what: &'static str,
+        found: u8,
+        supported: u8,
+    },
     #[error("{what}: corrupt record: {reason}")]
     Corrupt { what: &'static str, reason: String },
 }
@@ -29,9 +33,16 @@ pub fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(what: &'static str, version: u8, bytes: &[u8]) -> Result<T, CodecError> {
     let (&found, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if found != version {
-        return Err(CodecError::UnsupportedVersion { what, found, supported: version });
+        return Err(CodecError::UnsupportedVersion {
+            what,
+            found,
+            supported: version,
+        });
     }
-    postcard::from_bytes(body).map_err(|e| CodecError::Corrupt { what, reason: e.to_string() })
+    postcard::from_bytes(body).map_err(|e| CodecError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -46,15 +57,25 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_other_versions() {
-        let s = Sample { a: 42, b: vec![1, 2, 3] };
+        let s = Sample {
+            a: 42,
+            b: vec![1, 2, 3],
+        };
         let bytes = encode(3, &s);
         assert_eq!(bytes[0], 3);
         assert_eq!(decode::<Sample>("sample", 3, &bytes).unwrap(), s);
         assert_eq!(
             decode::<Sample>("sample", 4, &bytes),
-            Err(CodecError::UnsupportedVersion { what: "sample", found: 3, supported: 4 })
+            Err(CodecError::UnsupportedVersion {
+                what: "sample",
+                found: 3,
+                supported: 4
+            })
         );
         assert_eq!(decode::<Sample>("sample", 3, &[]), Err(CodecError::Empty));
-        assert!(matches!(decode::<Sample>("sample", 3, &[3, 0xff]), Err(CodecError::Corrupt { .. })));
+        assert!(matches!(
+            decode::<Sample>("sample", 3, &[3, 0xff]),
+            Err(CodecError::Corrupt { .. })
+        ));
     }
 }

@@ -25,14 +25,28 @@ pub enum Expected {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    Put { key: Vec<u8>, value: Vec<u8>, ttl_ms: Option<u64> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// On success writes `value`, or deletes the key when `value` is `None`.
-    Cas { key: Vec<u8>, expected: Expected, value: Option<Vec<u8>>, ttl_ms: Option<u64> },
+    Cas {
+        key: Vec<u8>,
+        expected: Expected,
+        value: Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+    },
     /// Metadata group: install the bootstrap map. Idempotent for the same cluster id.
     InitMap(ClusterMap),
     /// Metadata group: replace the map only if it is still at `expected_version`.
-    UpdateMap { expected_version: u64, map: ClusterMap },
+    UpdateMap {
+        expected_version: u64,
+        map: ClusterMap,
+    },
 }
 
 impl Command {
@@ -66,11 +80,23 @@ impl Request {
 pub enum Response {
     #[default]
     Empty,
-    Put { version: u64, prev_version: Option<u64> },
-    Delete { prev_version: Option<u64> },
+    Put {
+        version: u64,
+        prev_version: Option<u64>,
+    },
+    Delete {
+        prev_version: Option<u64>,
+    },
     /// `version` is the new version on success, the current one (if any) on failure.
-    Cas { succeeded: bool, version: Option<u64> },
-    Map { applied: bool, version: u64, reason: Option<String> },
+    Cas {
+        succeeded: bool,
+        version: Option<u64>,
+    },
+    Map {
+        applied: bool,
+        version: u64,
+        reason: Option<String>,
+    },
 }
 
 /// What the state machine must do to the key's stored record.
@@ -96,20 +122,47 @@ pub fn apply_kv(req: &Request, index: u64, current: Option<&ValueRecord>) -> (Ef
     let live_version = live.map(|r| r.version);
     match &req.command {
         Command::Put { value, ttl_ms, .. } => (
-            Effect::Write(ValueRecord { version: index, expires_at_ms: expiry(now, *ttl_ms), value: value.clone() }),
-            Response::Put { version: index, prev_version: live_version },
+            Effect::Write(ValueRecord {
+                version: index,
+                expires_at_ms: expiry(now, *ttl_ms),
+                value: value.clone(),
+            }),
+            Response::Put {
+                version: index,
+                prev_version: live_version,
+            },
         ),
         Command::Delete { .. } => {
-            let effect = if current.is_some() { Effect::Delete } else { Effect::Nothing };
-            (effect, Response::Delete { prev_version: live_version })
+            let effect = if current.is_some() {
+                Effect::Delete
+            } else {
+                Effect::Nothing
+            };
+            (
+                effect,
+                Response::Delete {
+                    prev_version: live_version,
+                },
+            )
         }
-        Command::Cas { expected, value, ttl_ms, .. } => {
+        Command::Cas {
+            expected,
+            value,
+            ttl_ms,
+            ..
+        } => {
             let matches = match expected {
                 Expected::Absent => live.is_none(),
                 Expected::Version(v) => live_version == Some(*v),
             };
             if !matches {
-                return (Effect::Nothing, Response::Cas { succeeded: false, version: live_version });
+                return (
+                    Effect::Nothing,
+                    Response::Cas {
+                        succeeded: false,
+                        version: live_version,
+                    },
+                );
             }
             match value {
                 Some(value) => (
@@ -118,11 +171,24 @@ pub fn apply_kv(req: &Request, index: u64, current: Option<&ValueRecord>) -> (Ef
                         expires_at_ms: expiry(now, *ttl_ms),
                         value: value.clone(),
                     }),
-                    Response::Cas { succeeded: true, version: Some(index) },
+                    Response::Cas {
+                        succeeded: true,
+                        version: Some(index),
+                    },
                 ),
                 None => {
-                    let effect = if current.is_some() { Effect::Delete } else { Effect::Nothing };
-                    (effect, Response::Cas { succeeded: true, version: None })
+                    let effect = if current.is_some() {
+                        Effect::Delete
+                    } else {
+                        Effect::Nothing
+                    };
+                    (
+                        effect,
+                        Response::Cas {
+                            succeeded: true,
+                            version: None,
+                        },
+                    )
                 }
             }
         }
@@ -135,30 +201,92 @@ pub fn apply_kv(req: &Request, index: u64, current: Option<&ValueRecord>) -> (Ef
 /// Applies a metadata command to the current map; returns the map to store
 /// (if it changes) and the answer.
 pub fn apply_map(cmd: &Command, current: Option<&ClusterMap>) -> (Option<ClusterMap>, Response) {
-    let reject = |version: u64, reason: String| (None, Response::Map { applied: false, version, reason: Some(reason) });
+    let reject = |version: u64, reason: String| {
+        (
+            None,
+            Response::Map {
+                applied: false,
+                version,
+                reason: Some(reason),
+            },
+        )
+    };
     match (cmd, current) {
-        (Command::InitMap(map), None) => {
-            (Some(map.clone()), Response::Map { applied: true, version: map.version, reason: None })
-        }
+        (Command::InitMap(map), None) => (
+            Some(map.clone()),
+            Response::Map {
+                applied: true,
+                version: map.version,
+                reason: None,
+            },
+        ),
         (Command::InitMap(map), Some(cur)) if cur.cluster_id == map.cluster_id => {
             // A retried bootstrap: already done, nothing to change.
-            (None, Response::Map { applied: true, version: cur.version, reason: None })
+            (
+                None,
+                Response::Map {
+                    applied: true,
+                    version: cur.version,
+                    reason: None,
+                },
+            )
         }
         (Command::InitMap(map), Some(cur)) => reject(
             cur.version,
-            format!("already bootstrapped as cluster {:?}, not {:?}", cur.cluster_id, map.cluster_id),
+            format!(
+                "already bootstrapped as cluster {:?}, not {:?}",
+                cur.cluster_id, map.cluster_id
+            ),
         ),
         (Command::UpdateMap { .. }, None) => reject(0, "the cluster is not bootstrapped".into()),
         (Command::UpdateMap { expected_version, map }, Some(cur)) => {
             if cur.version != *expected_version {
-                reject(cur.version, format!("map is at version {}, not {expected_version}", cur.version))
+                reject(
+                    cur.version,
+                    format!("map is at version {}, not {expected_version}", cur.version),
+                )
             } else if map.version <= cur.version || map.cluster_id != cur.cluster_id {
-                reject(cur.version, "a new map must keep the cluster id and raise the version".into())
+                reject(
+                    cur.version,
+                    "a new map must keep the cluster id and raise the version".into(),
+                )
             } else {
-                (Some(map.clone()), Response::Map { applied: true, version: map.version, reason: None })
+                (
+                    Some(map.clone()),
+                    Response::Map {
+                        applied: true,
+                        version: map.version,
+                        reason: None,
+                    },
+                )
             }
         }
         (other, _) => panic!("data command {other:?} routed to the metadata group's apply"),
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys may be large or binary: show their length, never their bytes.
+        match &self.command {
+            Command::Put { key, value, ttl_ms } => {
+                write!(
+                    f,
+                    "put(key {} B, value {} B, ttl {:?} ms)",
+                    key.len(),
+                    value.len(),
+                    ttl_ms
+                )
+            }
+            Command::Delete { key } => write!(f, "delete(key {} B)", key.len()),
+            Command::Cas { key, expected, .. } => {
+                write!(f, "cas(key {} B, expected {expected:?})", key.len())
+            }
+            Command::InitMap(m) => write!(f, "init-map(cluster {}, version {})", m.cluster_id, m.version),
+            Command::UpdateMap { expected_version, map } => {
+                write!(f, "update-map({expected_version} -> {})", map.version)
+            }
+        }
     }
 }
 
@@ -168,31 +296,63 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn req(command: Command) -> Request {
-        Request { proposed_at_ms: 1_000, command }
+        Request {
+            proposed_at_ms: 1_000,
+            command,
+        }
     }
 
     fn rec(version: u64, expires_at_ms: Option<u64>) -> ValueRecord {
-        ValueRecord { version, expires_at_ms, value: b"old".to_vec() }
+        ValueRecord {
+            version,
+            expires_at_ms,
+            value: b"old".to_vec(),
+        }
     }
 
     #[test]
     fn request_round_trips() {
-        let r = req(Command::Cas { key: b"k".to_vec(), expected: Expected::Version(3), value: None, ttl_ms: Some(5) });
+        let r = req(Command::Cas {
+            key: b"k".to_vec(),
+            expected: Expected::Version(3),
+            value: None,
+            ttl_ms: Some(5),
+        });
         assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         assert_eq!(r.command.key(), Some(b"k".as_slice()));
     }
 
     #[test]
     fn put_versions_are_log_indexes_and_ttl_starts_at_proposal() {
-        let put = req(Command::Put { key: b"k".to_vec(), value: b"v".to_vec(), ttl_ms: Some(500) });
+        let put = req(Command::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ttl_ms: Some(500),
+        });
         let (effect, resp) = apply_kv(&put, 12, None);
         assert_eq!(
             effect,
-            Effect::Write(ValueRecord { version: 12, expires_at_ms: Some(1_500), value: b"v".to_vec() })
+            Effect::Write(ValueRecord {
+                version: 12,
+                expires_at_ms: Some(1_500),
+                value: b"v".to_vec()
+            })
         );
-        assert_eq!(resp, Response::Put { version: 12, prev_version: None });
+        assert_eq!(
+            resp,
+            Response::Put {
+                version: 12,
+                prev_version: None
+            }
+        );
         let (_, resp) = apply_kv(&put, 13, Some(&rec(12, None)));
-        assert_eq!(resp, Response::Put { version: 13, prev_version: Some(12) });
+        assert_eq!(
+            resp,
+            Response::Put {
+                version: 13,
+                prev_version: Some(12)
+            }
+        );
     }
 
     #[test]
@@ -200,41 +360,108 @@ mod tests {
         let expired = rec(5, Some(1_000));
         let del = req(Command::Delete { key: b"k".to_vec() });
         // The stale record is still removed, but the answer says it was absent.
-        assert_eq!(apply_kv(&del, 9, Some(&expired)), (Effect::Delete, Response::Delete { prev_version: None }));
-        assert_eq!(apply_kv(&del, 9, None), (Effect::Nothing, Response::Delete { prev_version: None }));
-        let cas = req(Command::Cas { key: b"k".to_vec(), expected: Expected::Absent, value: Some(b"n".to_vec()), ttl_ms: None });
+        assert_eq!(
+            apply_kv(&del, 9, Some(&expired)),
+            (Effect::Delete, Response::Delete { prev_version: None })
+        );
+        assert_eq!(
+            apply_kv(&del, 9, None),
+            (Effect::Nothing, Response::Delete { prev_version: None })
+        );
+        let cas = req(Command::Cas {
+            key: b"k".to_vec(),
+            expected: Expected::Absent,
+            value: Some(b"n".to_vec()),
+            ttl_ms: None,
+        });
         let (effect, resp) = apply_kv(&cas, 9, Some(&expired));
         assert!(matches!(effect, Effect::Write(ValueRecord { version: 9, .. })));
-        assert_eq!(resp, Response::Cas { succeeded: true, version: Some(9) });
+        assert_eq!(
+            resp,
+            Response::Cas {
+                succeeded: true,
+                version: Some(9)
+            }
+        );
     }
 
     #[test]
     fn cas_checks_the_exact_version() {
         let cur = rec(5, None);
-        let cas = |expected| req(Command::Cas { key: b"k".to_vec(), expected, value: Some(b"n".to_vec()), ttl_ms: None });
+        let cas = |expected| {
+            req(Command::Cas {
+                key: b"k".to_vec(),
+                expected,
+                value: Some(b"n".to_vec()),
+                ttl_ms: None,
+            })
+        };
         assert_eq!(
             apply_kv(&cas(Expected::Version(4)), 9, Some(&cur)),
-            (Effect::Nothing, Response::Cas { succeeded: false, version: Some(5) })
+            (
+                Effect::Nothing,
+                Response::Cas {
+                    succeeded: false,
+                    version: Some(5)
+                }
+            )
         );
         assert_eq!(
             apply_kv(&cas(Expected::Absent), 9, Some(&cur)),
-            (Effect::Nothing, Response::Cas { succeeded: false, version: Some(5) })
+            (
+                Effect::Nothing,
+                Response::Cas {
+                    succeeded: false,
+                    version: Some(5)
+                }
+            )
         );
         assert_eq!(
             apply_kv(&cas(Expected::Version(5)), 9, None),
-            (Effect::Nothing, Response::Cas { succeeded: false, version: None })
+            (
+                Effect::Nothing,
+                Response::Cas {
+                    succeeded: false,
+                    version: None
+                }
+            )
         );
         let (effect, resp) = apply_kv(&cas(Expected::Version(5)), 9, Some(&cur));
         assert!(matches!(effect, Effect::Write(ValueRecord { version: 9, .. })));
-        assert_eq!(resp, Response::Cas { succeeded: true, version: Some(9) });
-        let delete_if = req(Command::Cas { key: b"k".to_vec(), expected: Expected::Version(5), value: None, ttl_ms: None });
-        assert_eq!(apply_kv(&delete_if, 9, Some(&cur)), (Effect::Delete, Response::Cas { succeeded: true, version: None }));
+        assert_eq!(
+            resp,
+            Response::Cas {
+                succeeded: true,
+                version: Some(9)
+            }
+        );
+        let delete_if = req(Command::Cas {
+            key: b"k".to_vec(),
+            expected: Expected::Version(5),
+            value: None,
+            ttl_ms: None,
+        });
+        assert_eq!(
+            apply_kv(&delete_if, 9, Some(&cur)),
+            (
+                Effect::Delete,
+                Response::Cas {
+                    succeeded: true,
+                    version: None
+                }
+            )
+        );
     }
 
     fn map(cluster: &str, version: u64) -> ClusterMap {
         let nodes = BTreeMap::from([(
             1,
-            crate::map::NodeAddr { host: "h".into(), client_port: 1, peer_port: 2, admin_port: 3 },
+            crate::map::NodeAddr {
+                host: "h".into(),
+                client_port: 1,
+                peer_port: 2,
+                admin_port: 3,
+            },
         )]);
         let mut m = ClusterMap::bootstrap(cluster.into(), nodes, 2, 1).unwrap();
         m.version = version;
@@ -246,9 +473,26 @@ mod tests {
         let m = map("a", 1);
         let (stored, resp) = apply_map(&Command::InitMap(m.clone()), None);
         assert_eq!(stored, Some(m.clone()));
-        assert_eq!(resp, Response::Map { applied: true, version: 1, reason: None });
+        assert_eq!(
+            resp,
+            Response::Map {
+                applied: true,
+                version: 1,
+                reason: None
+            }
+        );
         let (stored, resp) = apply_map(&Command::InitMap(m.clone()), Some(&m));
-        assert_eq!((stored, resp), (None, Response::Map { applied: true, version: 1, reason: None }));
+        assert_eq!(
+            (stored, resp),
+            (
+                None,
+                Response::Map {
+                    applied: true,
+                    version: 1,
+                    reason: None
+                }
+            )
+        );
         let (stored, resp) = apply_map(&Command::InitMap(map("b", 1)), Some(&m));
         assert!(stored.is_none());
         assert!(matches!(resp, Response::Map { applied: false, .. }));
@@ -257,12 +501,22 @@ mod tests {
     #[test]
     fn map_update_is_a_compare_and_set_on_version() {
         let cur = map("a", 3);
-        let upd = |expected_version, next| Command::UpdateMap { expected_version, map: next };
+        let upd = |expected_version, next| Command::UpdateMap {
+            expected_version,
+            map: next,
+        };
         let (stored, _) = apply_map(&upd(3, map("a", 4)), Some(&cur));
         assert_eq!(stored.unwrap().version, 4);
         let (stored, resp) = apply_map(&upd(2, map("a", 4)), Some(&cur));
         assert!(stored.is_none());
-        assert!(matches!(resp, Response::Map { applied: false, version: 3, .. }));
+        assert!(matches!(
+            resp,
+            Response::Map {
+                applied: false,
+                version: 3,
+                ..
+            }
+        ));
         assert!(apply_map(&upd(3, map("a", 3)), Some(&cur)).0.is_none());
         assert!(apply_map(&upd(3, map("b", 4)), Some(&cur)).0.is_none());
         assert!(apply_map(&upd(0, map("a", 1)), None).0.is_none());

@@ -29,6 +29,33 @@ pub mod tag {
     pub const PENDING_INSTALL: u8 = 7;
 }
 
+/// Node-level records (not of any group) in [`CF_STATE`], under a prefix no
+/// group uses (group ids stay below `u32::MAX`).
+pub mod node_tag {
+    /// The cluster this node joined (its id and the bootstrap map).
+    pub const JOINED: u8 = 1;
+    /// The persistent "drain leaders" mark.
+    pub const DRAIN: u8 = 2;
+    /// `[prefix][TOMBSTONE][group:4]`: a replica removed from this node; never recreated.
+    pub const TOMBSTONE: u8 = 3;
+}
+
+const NODE_PREFIX: [u8; 4] = [0xff; 4];
+
+pub fn node_key(tag: u8) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&NODE_PREFIX);
+    k[4] = tag;
+    k
+}
+
+pub fn tombstone_key(group: GroupId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[..5].copy_from_slice(&node_key(node_tag::TOMBSTONE));
+    k[5..].copy_from_slice(&group_prefix(group));
+    k
+}
+
 pub fn group_prefix(group: GroupId) -> [u8; 4] {
     group.to_raw().to_be_bytes()
 }
@@ -97,6 +124,13 @@ mod tests {
         assert!(a < b && b < c);
         assert_eq!(log_key_index(&b), Some(256));
         assert_eq!(log_key_index(&[1, 2]), None);
+    }
+
+    #[test]
+    fn node_keys_sort_after_every_group() {
+        let (_, meta_end) = group_range(GroupId::Meta);
+        assert!(node_key(node_tag::JOINED).as_slice() >= meta_end.as_slice());
+        assert!(tombstone_key(GroupId::Shard(3)).starts_with(&node_key(node_tag::TOMBSTONE)));
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod keys;
 pub mod limits;
 pub mod map;
 pub mod record;
+pub mod safety;
 pub mod scan;
 
 pub use codec::CodecError;
@@ -83,7 +84,12 @@ mod tests {
 
     #[test]
     fn group_id_round_trips_through_raw() {
-        for g in [GroupId::Meta, GroupId::Shard(0), GroupId::Shard(7), GroupId::Shard(65_535)] {
+        for g in [
+            GroupId::Meta,
+            GroupId::Shard(0),
+            GroupId::Shard(7),
+            GroupId::Shard(65_535),
+        ] {
             assert_eq!(GroupId::from_raw(g.to_raw()), g);
         }
         assert_eq!(GroupId::Meta.to_string(), "meta");

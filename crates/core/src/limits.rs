@@ -60,7 +60,10 @@ mod tests {
         assert_eq!(check_key(b""), Err(InputError::EmptyKey));
         assert_eq!(check_key(b"a"), Ok(()));
         assert_eq!(check_key(&vec![0; MAX_KEY_BYTES]), Ok(()));
-        assert_eq!(check_key(&vec![0; MAX_KEY_BYTES + 1]), Err(InputError::KeyTooLarge { len: MAX_KEY_BYTES + 1 }));
+        assert_eq!(
+            check_key(&vec![0; MAX_KEY_BYTES + 1]),
+            Err(InputError::KeyTooLarge { len: MAX_KEY_BYTES + 1 })
+        );
     }
 
     #[test]

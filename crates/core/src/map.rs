@@ -120,7 +120,10 @@ impl ClusterMap {
         let ids: Vec<NodeId> = nodes.keys().copied().collect();
         let shards = initial_placement(&ids, shard_count, replication_factor)?
             .into_iter()
-            .map(|voters| ShardReplicas { voters, learners: vec![] })
+            .map(|voters| ShardReplicas {
+                voters,
+                learners: vec![],
+            })
             .collect();
         Ok(ClusterMap {
             cluster_id,
@@ -142,9 +145,10 @@ impl ClusterMap {
     }
 
     pub fn replicas(&self, shard: ShardId) -> Result<&ShardReplicas, MapError> {
-        self.shards
-            .get(shard as usize)
-            .ok_or(MapError::UnknownShard { shard, shard_count: self.shard_count })
+        self.shards.get(shard as usize).ok_or(MapError::UnknownShard {
+            shard,
+            shard_count: self.shard_count,
+        })
     }
 
     pub fn node(&self, id: NodeId) -> Result<&NodeAddr, MapError> {
@@ -153,7 +157,9 @@ impl ClusterMap {
 
     /// Shards that have a replica (voter or learner) on `node`.
     pub fn shards_on(&self, node: NodeId) -> Vec<ShardId> {
-        (0..self.shard_count).filter(|&s| self.shards[s as usize].contains(node)).collect()
+        (0..self.shard_count)
+            .filter(|&s| self.shards[s as usize].contains(node))
+            .collect()
     }
 
     /// Adds (or re-addresses) a node. The node hosts nothing until replicas move to it.
@@ -172,7 +178,10 @@ impl ClusterMap {
         self.node(id)?;
         let hosted = self.shards_on(id);
         if !hosted.is_empty() {
-            return Err(MapError::NodeStillHostsReplicas { node: id, shards: hosted });
+            return Err(MapError::NodeStillHostsReplicas {
+                node: id,
+                shards: hosted,
+            });
         }
         if self.meta_voters.contains(&id) {
             return Err(MapError::NodeIsMetaVoter(id));
@@ -211,7 +220,10 @@ pub fn initial_placement(nodes: &[NodeId], shard_count: u32, rf: u32) -> Result<
         return Err(MapError::ZeroReplicationFactor);
     }
     if (sorted.len() as u64) < u64::from(rf) {
-        return Err(MapError::TooFewNodes { rf, nodes: sorted.len() });
+        return Err(MapError::TooFewNodes {
+            rf,
+            nodes: sorted.len(),
+        });
     }
     let n = sorted.len();
     Ok((0..shard_count as usize)
@@ -237,7 +249,12 @@ mod tests {
     use super::*;
 
     fn addr(i: u16) -> NodeAddr {
-        NodeAddr { host: format!("n{i}"), client_port: 1000 + i, peer_port: 2000 + i, admin_port: 3000 + i }
+        NodeAddr {
+            host: format!("n{i}"),
+            client_port: 1000 + i,
+            peer_port: 2000 + i,
+            admin_port: 3000 + i,
+        }
     }
 
     fn nodes(ids: &[NodeId]) -> BTreeMap<NodeId, NodeAddr> {
@@ -275,7 +292,10 @@ mod tests {
 
     #[test]
     fn placement_refuses_bad_input() {
-        assert_eq!(initial_placement(&[1, 2], 4, 3), Err(MapError::TooFewNodes { rf: 3, nodes: 2 }));
+        assert_eq!(
+            initial_placement(&[1, 2], 4, 3),
+            Err(MapError::TooFewNodes { rf: 3, nodes: 2 })
+        );
         assert_eq!(initial_placement(&[1, 1, 2], 4, 2), Err(MapError::DuplicateNode(1)));
         assert_eq!(initial_placement(&[1, 2], 4, 0), Err(MapError::ZeroReplicationFactor));
     }
@@ -298,13 +318,25 @@ mod tests {
         assert_eq!(m.meta_voters, vec![1, 2, 3]);
         assert_eq!(m.shards_on(2).len(), 8);
         assert_eq!(ClusterMap::decode(&m.encode()).unwrap(), m);
-        assert_eq!(m.replicas(8), Err(MapError::UnknownShard { shard: 8, shard_count: 8 }));
-        assert_eq!(ClusterMap::bootstrap("c".into(), nodes(&[1]), 0, 1), Err(MapError::NoShards));
+        assert_eq!(
+            m.replicas(8),
+            Err(MapError::UnknownShard {
+                shard: 8,
+                shard_count: 8
+            })
+        );
+        assert_eq!(
+            ClusterMap::bootstrap("c".into(), nodes(&[1]), 0, 1),
+            Err(MapError::NoShards)
+        );
         assert_eq!(
             ClusterMap::bootstrap("c".into(), nodes(&[1]), MAX_SHARDS + 1, 1),
             Err(MapError::TooManyShards(MAX_SHARDS + 1))
         );
-        assert_eq!(ClusterMap::bootstrap("c".into(), nodes(&[0, 1]), 1, 1), Err(MapError::ZeroNodeId));
+        assert_eq!(
+            ClusterMap::bootstrap("c".into(), nodes(&[0, 1]), 1, 1),
+            Err(MapError::ZeroNodeId)
+        );
     }
 
     #[test]
@@ -315,7 +347,10 @@ mod tests {
         assert!(m2.shards_on(4).is_empty());
         assert_eq!(
             m2.without_node(3),
-            Err(MapError::NodeStillHostsReplicas { node: 3, shards: vec![0, 1, 2, 3] })
+            Err(MapError::NodeStillHostsReplicas {
+                node: 3,
+                shards: vec![0, 1, 2, 3]
+            })
         );
         let m3 = m2.without_node(4).unwrap();
         assert_eq!(m3.version, 3);
@@ -326,10 +361,16 @@ mod tests {
     #[test]
     fn shard_replica_changes_must_name_known_nodes() {
         let m = ClusterMap::bootstrap("c1".into(), nodes(&[1, 2, 3]), 2, 3).unwrap();
-        let r = ShardReplicas { voters: vec![1, 2, 3], learners: vec![9] };
+        let r = ShardReplicas {
+            voters: vec![1, 2, 3],
+            learners: vec![9],
+        };
         assert_eq!(m.with_shard_replicas(0, r), Err(MapError::UnknownNode(9)));
         let m2 = m.with_node(4, addr(4)).unwrap();
-        let r = ShardReplicas { voters: vec![1, 2, 3], learners: vec![4] };
+        let r = ShardReplicas {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+        };
         let m3 = m2.with_shard_replicas(1, r.clone()).unwrap();
         assert_eq!(m3.replicas(1).unwrap(), &r);
         assert_eq!(m3.shards_on(4), vec![1]);

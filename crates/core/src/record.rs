@@ -41,11 +41,18 @@ mod tests {
 
     #[test]
     fn round_trip_and_expiry() {
-        let r = ValueRecord { version: 7, expires_at_ms: Some(1000), value: b"v".to_vec() };
+        let r = ValueRecord {
+            version: 7,
+            expires_at_ms: Some(1000),
+            value: b"v".to_vec(),
+        };
         assert_eq!(ValueRecord::decode(&r.encode()).unwrap(), r);
         assert!(r.is_live(999));
         assert!(!r.is_live(1000));
-        let forever = ValueRecord { expires_at_ms: None, ..r };
+        let forever = ValueRecord {
+            expires_at_ms: None,
+            ..r
+        };
         assert!(forever.is_live(u64::MAX));
     }
 }

@@ -21,7 +21,10 @@ pub struct KeyRange {
 
 impl KeyRange {
     pub fn prefix(prefix: &[u8]) -> Self {
-        KeyRange { start: prefix.to_vec(), end: prefix_end(prefix) }
+        KeyRange {
+            start: prefix.to_vec(),
+            end: prefix_end(prefix),
+        }
     }
 
     pub fn between(start: Vec<u8>, end: Option<Vec<u8>>) -> Result<Self, InputError> {
@@ -41,7 +44,10 @@ impl KeyRange {
     pub fn resume_after(&self, after: &[u8]) -> Self {
         let mut next = after.to_vec();
         next.push(0); // the smallest key greater than `after`
-        KeyRange { start: next.max(self.start.clone()), end: self.end.clone() }
+        KeyRange {
+            start: next.max(self.start.clone()),
+            end: self.end.clone(),
+        }
     }
 }
 
@@ -58,10 +64,13 @@ pub fn decode_token(bytes: &[u8]) -> Result<Vec<u8>, codec::CodecError> {
     codec::decode::<Token>("continuation token", TOKEN_FORMAT, bytes).map(|t| t.after)
 }
 
+/// Items of a page: each key with what was stored under it.
+pub type Items<T> = Vec<(Vec<u8>, T)>;
+
 /// One shard's page: up to `limit` items in key order, and whether the shard
 /// has more in range after the last one.
 pub struct ShardPage<T> {
-    pub items: Vec<(Vec<u8>, T)>,
+    pub items: Items<T>,
     pub more: bool,
 }
 
@@ -71,13 +80,17 @@ pub struct ShardPage<T> {
 /// Correct because every shard returned its first `limit` items: the
 /// `limit`-th smallest of the union is at most any truncated shard's last
 /// key, so nothing a shard held back can sort before the merged page's end.
-pub fn merge_pages<T>(pages: Vec<ShardPage<T>>, limit: usize) -> (Vec<(Vec<u8>, T)>, Option<Vec<u8>>) {
+pub fn merge_pages<T>(pages: Vec<ShardPage<T>>, limit: usize) -> (Items<T>, Option<Vec<u8>>) {
     let any_more = pages.iter().any(|p| p.more);
-    let mut all: Vec<(Vec<u8>, T)> = pages.into_iter().flat_map(|p| p.items).collect();
+    let mut all: Items<T> = pages.into_iter().flat_map(|p| p.items).collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
     let truncated = all.len() > limit;
     all.truncate(limit);
-    let resume = if truncated || any_more { all.last().map(|(k, _)| k.clone()) } else { None };
+    let resume = if truncated || any_more {
+        all.last().map(|(k, _)| k.clone())
+    } else {
+        None
+    };
     (all, resume)
 }
 
@@ -91,8 +104,14 @@ mod tests {
         assert!(p.contains(b"user:1"));
         assert!(!p.contains(b"user;"));
         assert!(!p.contains(b"use"));
-        assert_eq!(KeyRange::between(b"b".to_vec(), Some(b"a".to_vec())), Err(InputError::InvertedRange));
-        assert_eq!(KeyRange::between(b"b".to_vec(), Some(b"b".to_vec())), Err(InputError::InvertedRange));
+        assert_eq!(
+            KeyRange::between(b"b".to_vec(), Some(b"a".to_vec())),
+            Err(InputError::InvertedRange)
+        );
+        assert_eq!(
+            KeyRange::between(b"b".to_vec(), Some(b"b".to_vec())),
+            Err(InputError::InvertedRange)
+        );
         let r = KeyRange::between(b"b".to_vec(), None).unwrap();
         assert!(r.contains(b"zzzz"));
         let resumed = r.resume_after(b"c");
@@ -109,13 +128,19 @@ mod tests {
     }
 
     fn page(keys: &[&str], more: bool) -> ShardPage<()> {
-        ShardPage { items: keys.iter().map(|k| (k.as_bytes().to_vec(), ())).collect(), more }
+        ShardPage {
+            items: keys.iter().map(|k| (k.as_bytes().to_vec(), ())).collect(),
+            more,
+        }
     }
 
     #[test]
     fn merge_orders_and_resumes_correctly() {
         let (items, resume) = merge_pages(vec![page(&["a", "d"], true), page(&["b", "c"], false)], 3);
-        let keys: Vec<_> = items.iter().map(|(k, _)| String::from_utf8(k.clone()).unwrap()).collect();
+        let keys: Vec<_> = items
+            .iter()
+            .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
+            .collect();
         assert_eq!(keys, ["a", "b", "c"]);
         assert_eq!(resume, Some(b"c".to_vec()));
 

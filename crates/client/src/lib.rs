@@ -1,0 +1,288 @@
+//! A raftkv client. Any node accepts any request and routes it to the
+//! shard's leader, so the client only needs some node that answers: it tries
+//! the endpoints in turn when one is unreachable or refuses with a retry-safe
+//! answer (refused before anything was proposed).
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use raftkv_proto::admin::admin_client::AdminClient;
+use raftkv_proto::kv::kv_client::KvClient;
+use raftkv_proto::{admin, kv};
+use tonic::transport::{Channel, Endpoint};
+
+pub use raftkv_proto::{admin as admin_proto, kv as kv_proto};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no endpoints given (use --endpoints or KVCTL_ENDPOINTS)")]
+    NoEndpoints,
+    #[error("bad endpoint {0:?}: {1}")]
+    BadEndpoint(String, String),
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+}
+
+/// Channels to a set of nodes (client or admin ports).
+#[derive(Clone)]
+pub struct Pool {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    next: std::sync::Arc<AtomicUsize>,
+}
+
+/// `host:port` or a full URL.
+pub fn normalize(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+impl Pool {
+    pub fn new(endpoints: &[String]) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let mut channels = Vec::new();
+        let mut names = Vec::new();
+        for e in endpoints {
+            let url = normalize(e);
+            let ch = Endpoint::from_shared(url.clone())
+                .map_err(|err| ClientError::BadEndpoint(e.clone(), err.to_string()))?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            channels.push(ch);
+            names.push(url);
+        }
+        Ok(Pool {
+            endpoints: names,
+            channels,
+            next: Default::default(),
+        })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn pick(&self, attempt: usize) -> Channel {
+        let start = self.next.load(Ordering::Relaxed);
+        self.channels[(start + attempt) % self.channels.len()].clone()
+    }
+
+    /// Runs `call` against the endpoints, moving on when one cannot serve it.
+    async fn with_retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let attempts = self.channels.len() * 3;
+        let mut last = None;
+        for attempt in 0..attempts {
+            match call(self.pick(attempt)).await {
+                Ok(v) => {
+                    if attempt > 0 {
+                        self.next.fetch_add(attempt, Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Err(s) if retryable(&s) => {
+                    last = Some(s);
+                    if attempt + 1 >= self.channels.len() {
+                        tokio::time::sleep(Duration::from_millis(100 * (attempt as u64 + 1).min(10))).await;
+                    }
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Err(last.expect("at least one attempt").into())
+    }
+}
+
+/// Refused before anything happened (the node's retry-safe mark), or the
+/// node was never reached. A call cut off midway is not retried: a write may
+/// have been applied, and only the caller knows whether repeating it is safe.
+fn retryable(s: &tonic::Status) -> bool {
+    let m = s.message().to_ascii_lowercase();
+    s.metadata().get("x-raftkv-retry-safe").is_some()
+        || (s.code() == tonic::Code::Unavailable
+            && (m.contains("connect") || m.contains("dns error"))
+            && !m.contains("reset"))
+}
+
+/// KV calls.
+#[derive(Clone)]
+pub struct Client {
+    pool: Pool,
+}
+
+impl Client {
+    pub fn new(endpoints: &[String]) -> Result<Self, ClientError> {
+        Ok(Client {
+            pool: Pool::new(endpoints)?,
+        })
+    }
+
+    fn kv(ch: Channel) -> KvClient<Channel> {
+        KvClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn put(&self, key: &[u8], value: &[u8], ttl_seconds: u64) -> Result<kv::PutResponse, ClientError> {
+        let req = kv::PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_seconds,
+        };
+        self.pool
+            .with_retry(|ch| {
+                let r = req.clone();
+                async move { Self::kv(ch).put(r).await.map(|r| r.into_inner()) }
+            })
+            .await
+    }
+
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: kv::Consistency,
+        max_staleness_ms: u64,
+    ) -> Result<kv::GetResponse, ClientError> {
+        let req = kv::GetRequest {
+            key: key.to_vec(),
+            consistency: consistency as i32,
+            max_staleness_ms,
+        };
+        self.pool
+            .with_retry(|ch| {
+                let r = req.clone();
+                async move { Self::kv(ch).get(r).await.map(|r| r.into_inner()) }
+            })
+            .await
+    }
+
+    pub async fn delete(&self, key: &[u8]) -> Result<kv::DeleteResponse, ClientError> {
+        let req = kv::DeleteRequest { key: key.to_vec() };
+        self.pool
+            .with_retry(|ch| {
+                let r = req.clone();
+                async move { Self::kv(ch).delete(r).await.map(|r| r.into_inner()) }
+            })
+            .await
+    }
+
+    pub async fn scan(&self, req: kv::ScanRequest) -> Result<kv::ScanResponse, ClientError> {
+        self.pool
+            .with_retry(|ch| {
+                let r = req.clone();
+                async move { Self::kv(ch).scan(r).await.map(|r| r.into_inner()) }
+            })
+            .await
+    }
+
+    pub async fn compare_and_set(
+        &self,
+        req: kv::CompareAndSetRequest,
+    ) -> Result<kv::CompareAndSetResponse, ClientError> {
+        self.pool
+            .with_retry(|ch| {
+                let r = req.clone();
+                async move { Self::kv(ch).compare_and_set(r).await.map(|r| r.into_inner()) }
+            })
+            .await
+    }
+}
+
+/// Admin calls. Most go to any node; node-local ones (status, drain, digest)
+/// go to the one endpoint they are asked of.
+#[derive(Clone)]
+pub struct Admin {
+    pool: Pool,
+}
+
+impl Admin {
+    pub fn new(endpoints: &[String]) -> Result<Self, ClientError> {
+        Ok(Admin {
+            pool: Pool::new(endpoints)?,
+        })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        self.pool.endpoints()
+    }
+
+    /// A client for one specific node.
+    pub fn node(endpoint: &str) -> Result<AdminClient<Channel>, ClientError> {
+        let ch = Endpoint::from_shared(normalize(endpoint))
+            .map_err(|e| ClientError::BadEndpoint(endpoint.to_string(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        Ok(AdminClient::new(ch))
+    }
+
+    pub async fn cluster_map(&self) -> Result<admin::ClusterMapResponse, ClientError> {
+        self.pool
+            .with_retry(|ch| async move {
+                AdminClient::new(ch)
+                    .cluster_map(admin::ClusterMapRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+    }
+
+    pub async fn bootstrap(&self, req: admin::BootstrapRequest) -> Result<admin::BootstrapResponse, ClientError> {
+        let ch = self.pool.pick(0);
+        Ok(AdminClient::new(ch).bootstrap(req).await?.into_inner())
+    }
+
+    pub async fn add_node(&self, member: admin::Member) -> Result<admin::ClusterMapResponse, ClientError> {
+        let req = admin::AddNodeRequest { member: Some(member) };
+        self.pool
+            .with_retry(|ch| {
+                let r = req.clone();
+                async move { AdminClient::new(ch).add_node(r).await.map(|r| r.into_inner()) }
+            })
+            .await
+    }
+
+    pub async fn remove_node(&self, node_id: u64) -> Result<admin::ClusterMapResponse, ClientError> {
+        let req = admin::RemoveNodeRequest { node_id };
+        self.pool
+            .with_retry(|ch| async move { AdminClient::new(ch).remove_node(req).await.map(|r| r.into_inner()) })
+            .await
+    }
+
+    pub async fn add_replica(&self, shard: u32, node_id: u64) -> Result<admin::ShardStatus, ClientError> {
+        let req = admin::ReplicaRequest { shard, node_id };
+        self.pool
+            .with_retry(|ch| async move { AdminClient::new(ch).add_replica(req).await.map(|r| r.into_inner()) })
+            .await
+    }
+
+    pub async fn promote_replica(&self, shard: u32, node_id: u64) -> Result<admin::ShardStatus, ClientError> {
+        let req = admin::ReplicaRequest { shard, node_id };
+        self.pool
+            .with_retry(|ch| async move { AdminClient::new(ch).promote_replica(req).await.map(|r| r.into_inner()) })
+            .await
+    }
+
+    pub async fn remove_replica(&self, shard: u32, node_id: u64) -> Result<admin::ShardStatus, ClientError> {
+        let req = admin::ReplicaRequest { shard, node_id };
+        self.pool
+            .with_retry(|ch| async move { AdminClient::new(ch).remove_replica(req).await.map(|r| r.into_inner()) })
+            .await
+    }
+
+    pub async fn transfer_leader(&self, shard: u32, to_node: u64) -> Result<admin::ShardStatus, ClientError> {
+        let req = admin::TransferLeaderRequest { shard, to_node };
+        self.pool
+            .with_retry(|ch| async move { AdminClient::new(ch).transfer_leader(req).await.map(|r| r.into_inner()) })
+            .await
+    }
+}

@@ -1,0 +1,107 @@
+//! Safety rules for membership changes, as pure functions: the node refuses
+//! (and the operator never asks for) a change that could lose quorum.
+
+use crate::NodeId;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("node {0} is the shard's last voter; removing it would destroy the shard")]
+    LastVoter(NodeId),
+    #[error(
+        "removing node {node} would leave {healthy} caught-up voters of {remaining}, below the quorum of {quorum}; bring replicas up to date first"
+    )]
+    QuorumAtRisk {
+        node: NodeId,
+        healthy: usize,
+        remaining: usize,
+        quorum: usize,
+    },
+    #[error("node {node} is {lag} entries behind the leader (at most {max_lag} allowed); let it catch up first")]
+    NotCaughtUp { node: NodeId, lag: u64, max_lag: u64 },
+}
+
+pub fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// Whether voter `node` can be removed from `voters`, given which voters are
+/// `healthy` (reachable and caught up with the leader).
+pub fn check_remove_voter(voters: &[NodeId], healthy: &[NodeId], node: NodeId) -> Result<(), Refusal> {
+    let remaining: Vec<NodeId> = voters.iter().copied().filter(|&v| v != node).collect();
+    if remaining.is_empty() {
+        return Err(Refusal::LastVoter(node));
+    }
+    let healthy_left = remaining.iter().filter(|v| healthy.contains(v)).count();
+    let quorum = majority(remaining.len());
+    if healthy_left < quorum {
+        return Err(Refusal::QuorumAtRisk {
+            node,
+            healthy: healthy_left,
+            remaining: remaining.len(),
+            quorum,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a learner is close enough to the leader's log to become a voter
+/// without stalling commits.
+pub fn check_promote(node: NodeId, leader_last_index: u64, matched: Option<u64>, max_lag: u64) -> Result<(), Refusal> {
+    let lag = leader_last_index.saturating_sub(matched.unwrap_or(0));
+    if matched.is_none() || lag > max_lag {
+        return Err(Refusal::NotCaughtUp { node, lag, max_lag });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_keeps_a_healthy_quorum() {
+        // 3 voters, all healthy: removing one leaves 2 of 2.
+        assert_eq!(check_remove_voter(&[1, 2, 3], &[1, 2, 3], 3), Ok(()));
+        // 3 voters, one down: removing a healthy one leaves 1 healthy of 2 (quorum 2).
+        assert_eq!(
+            check_remove_voter(&[1, 2, 3], &[1, 2], 2),
+            Err(Refusal::QuorumAtRisk {
+                node: 2,
+                healthy: 1,
+                remaining: 2,
+                quorum: 2
+            })
+        );
+        // ...but removing the dead one is safe.
+        assert_eq!(check_remove_voter(&[1, 2, 3], &[1, 2], 3), Ok(()));
+        // 4 voters (during a move), one lagging: removing another leaves 2 healthy of 3.
+        assert_eq!(check_remove_voter(&[1, 2, 3, 4], &[1, 2, 3], 1), Ok(()));
+        assert!(check_remove_voter(&[1, 2, 3, 4], &[1, 2], 1).is_err());
+        assert_eq!(check_remove_voter(&[7], &[7], 7), Err(Refusal::LastVoter(7)));
+        // Removing a non-voter changes nothing about quorum.
+        assert_eq!(check_remove_voter(&[1, 2, 3], &[1, 2, 3], 9), Ok(()));
+    }
+
+    #[test]
+    fn promotion_needs_a_caught_up_learner() {
+        assert_eq!(check_promote(4, 100, Some(95), 10), Ok(()));
+        assert_eq!(
+            check_promote(4, 100, Some(50), 10),
+            Err(Refusal::NotCaughtUp {
+                node: 4,
+                lag: 50,
+                max_lag: 10
+            })
+        );
+        assert_eq!(
+            check_promote(4, 100, None, 10),
+            Err(Refusal::NotCaughtUp {
+                node: 4,
+                lag: 100,
+                max_lag: 10
+            })
+        );
+        assert_eq!(majority(1), 1);
+        assert_eq!(majority(4), 3);
+    }
+}

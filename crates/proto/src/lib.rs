@@ -1,0 +1,175 @@
+//! raftkv's three gRPC APIs, generated at build time from `proto/`, and the
+//! conversions between their messages and the core domain types.
+//!
+//! Prost types stay at the edges: the node converts into `raftkv_core` types
+//! here (`From` / `TryFrom`, typed errors) before any logic runs.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use raftkv_core::map::{ClusterMap, NodeAddr, ShardReplicas as CoreReplicas};
+
+pub mod kv {
+    tonic::include_proto!("raftkv.kv.v1");
+}
+pub mod admin {
+    tonic::include_proto!("raftkv.admin.v1");
+}
+pub mod peer {
+    tonic::include_proto!("raftkv.peer.v1");
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConversionError {
+    #[error("port {0} of node {1} is out of range")]
+    BadPort(u32, u64),
+    #[error("member is missing")]
+    MissingMember,
+    #[error("node id 0 is reserved")]
+    ZeroNodeId,
+    #[error("host of node {0} is empty")]
+    EmptyHost(u64),
+    #[error("shard list is out of order or incomplete at position {0}")]
+    BadShardList(usize),
+}
+
+fn port(p: u32, node: u64) -> Result<u16, ConversionError> {
+    u16::try_from(p)
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or(ConversionError::BadPort(p, node))
+}
+
+impl TryFrom<&admin::Member> for (u64, NodeAddr) {
+    type Error = ConversionError;
+    fn try_from(m: &admin::Member) -> Result<Self, Self::Error> {
+        if m.node_id == 0 {
+            return Err(ConversionError::ZeroNodeId);
+        }
+        if m.host.is_empty() {
+            return Err(ConversionError::EmptyHost(m.node_id));
+        }
+        Ok((
+            m.node_id,
+            NodeAddr {
+                host: m.host.clone(),
+                client_port: port(m.client_port, m.node_id)?,
+                peer_port: port(m.peer_port, m.node_id)?,
+                admin_port: port(m.admin_port, m.node_id)?,
+            },
+        ))
+    }
+}
+
+pub fn member(id: u64, addr: &NodeAddr) -> admin::Member {
+    admin::Member {
+        node_id: id,
+        host: addr.host.clone(),
+        client_port: addr.client_port.into(),
+        peer_port: addr.peer_port.into(),
+        admin_port: addr.admin_port.into(),
+    }
+}
+
+impl From<&ClusterMap> for admin::ClusterMapResponse {
+    fn from(m: &ClusterMap) -> Self {
+        admin::ClusterMapResponse {
+            cluster_id: m.cluster_id.clone(),
+            version: m.version,
+            shard_count: m.shard_count,
+            replication_factor: m.replication_factor,
+            nodes: m.nodes.iter().map(|(id, a)| member(*id, a)).collect(),
+            shards: m
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, r)| admin::ShardReplicas {
+                    shard: i as u32,
+                    voters: r.voters.clone(),
+                    learners: r.learners.clone(),
+                })
+                .collect(),
+            meta_voters: m.meta_voters.clone(),
+        }
+    }
+}
+
+impl TryFrom<&admin::ClusterMapResponse> for ClusterMap {
+    type Error = ConversionError;
+    fn try_from(m: &admin::ClusterMapResponse) -> Result<Self, Self::Error> {
+        let nodes = m
+            .nodes
+            .iter()
+            .map(<(u64, NodeAddr)>::try_from)
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let mut shards = Vec::with_capacity(m.shards.len());
+        for (i, s) in m.shards.iter().enumerate() {
+            if s.shard as usize != i {
+                return Err(ConversionError::BadShardList(i));
+            }
+            shards.push(CoreReplicas {
+                voters: s.voters.clone(),
+                learners: s.learners.clone(),
+            });
+        }
+        if shards.len() != m.shard_count as usize {
+            return Err(ConversionError::BadShardList(shards.len()));
+        }
+        Ok(ClusterMap {
+            cluster_id: m.cluster_id.clone(),
+            version: m.version,
+            shard_count: m.shard_count,
+            replication_factor: m.replication_factor,
+            nodes,
+            shards,
+            meta_voters: m.meta_voters.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_map_round_trips_through_proto() {
+        let nodes = (1..=3u64)
+            .map(|i| {
+                (
+                    i,
+                    NodeAddr {
+                        host: format!("n{i}"),
+                        client_port: 1,
+                        peer_port: 2,
+                        admin_port: 3,
+                    },
+                )
+            })
+            .collect();
+        let map = ClusterMap::bootstrap("c".into(), nodes, 4, 3).unwrap();
+        let proto = admin::ClusterMapResponse::from(&map);
+        assert_eq!(ClusterMap::try_from(&proto).unwrap(), map);
+    }
+
+    #[test]
+    fn bad_members_are_refused() {
+        let m = admin::Member {
+            node_id: 1,
+            host: "h".into(),
+            client_port: 70000,
+            peer_port: 1,
+            admin_port: 1,
+        };
+        assert_eq!(<(u64, NodeAddr)>::try_from(&m), Err(ConversionError::BadPort(70000, 1)));
+        let m = admin::Member { node_id: 0, ..m };
+        assert_eq!(<(u64, NodeAddr)>::try_from(&m), Err(ConversionError::ZeroNodeId));
+        let m = admin::Member {
+            node_id: 2,
+            host: String::new(),
+            client_port: 1,
+            peer_port: 1,
+            admin_port: 1,
+        };
+        assert_eq!(<(u64, NodeAddr)>::try_from(&m), Err(ConversionError::EmptyHost(2)));
+    }
+}

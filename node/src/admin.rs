@@ -1,0 +1,696 @@
+//! The admin service (port 2381): what the operator and `kvctl` use to
+//! bootstrap, inspect and reshape the cluster.
+//!
+//! Every call is idempotent and safe to retry. Shard-level calls run on the
+//! shard's leader (forwarded once, like client requests). Unsafe changes are
+//! refused with FAILED_PRECONDITION and the reason (see `raftkv_core::safety`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::{ChangeMembers, EmptyNode, ServerState};
+use raftkv_core::command::{Command, Response as KvResponse};
+use raftkv_core::map::{ClusterMap, MapError, NodeAddr, ShardReplicas};
+use raftkv_core::{GroupId, NodeId, ShardId, safety};
+use raftkv_proto::admin::{self, admin_client::AdminClient, admin_server::Admin};
+use raftkv_proto::peer;
+use tonic::{Request, Response, Status};
+
+use crate::error::{NodeError, hints};
+use crate::host::{Group, Host};
+use crate::network::Lane;
+
+const HOP: &str = "x-raftkv-hop";
+/// A learner this close to the leader's log may become a voter.
+const PROMOTE_MAX_LAG: u64 = 1000;
+/// A voter whose matched index is this close to the leader's counts as caught up.
+const HEALTHY_MAX_LAG: u64 = 1000;
+const META_DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct AdminService {
+    pub host: Arc<Host>,
+}
+
+fn refused(e: impl std::fmt::Display) -> Status {
+    NodeError::Refused(e.to_string()).into()
+}
+
+fn role(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Candidate => "candidate",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+pub fn shard_status(self_id: NodeId, group: &Group) -> admin::ShardStatus {
+    let m = group.metrics();
+    let membership = m.membership_config.membership();
+    let voters: Vec<NodeId> = membership.voter_ids().collect();
+    let learners: Vec<NodeId> = membership.learner_ids().collect();
+    let last = m.last_log_index.unwrap_or(0);
+    let committed = m.committed.as_ref().map_or(0, |l| l.index);
+    let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+    let progress = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, matched)| {
+                    let matched = matched.as_ref().map_or(0, |l| l.index);
+                    admin::ReplicaProgress {
+                        node_id: *id,
+                        matched_index: matched,
+                        lag: last.saturating_sub(matched),
+                        voter: voters.contains(id),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let (shard, meta) = match group.id {
+        GroupId::Meta => (0, true),
+        GroupId::Shard(s) => (s, false),
+    };
+    admin::ShardStatus {
+        shard,
+        meta,
+        role: if m.state == ServerState::Follower && !voters.contains(&self_id) {
+            "learner"
+        } else {
+            role(m.state)
+        }
+        .into(),
+        term: m.current_term,
+        leader: m.current_leader.unwrap_or(0),
+        last_log_index: last,
+        committed_index: committed,
+        applied_index: applied,
+        snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+        purged_index: m.purged.as_ref().map_or(0, |l| l.index),
+        voters,
+        learners,
+        progress,
+        lag: committed.saturating_sub(applied),
+    }
+}
+
+impl AdminService {
+    fn shard(&self, shard: u32) -> Result<(GroupId, Arc<ClusterMap>), Status> {
+        let map = self.host.map().ok_or(NodeError::NotJoined)?;
+        map.replicas(shard).map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        Ok((GroupId::Shard(shard), map))
+    }
+
+    /// Applies `change` to the cluster map through the metadata group,
+    /// retrying when another change got there first.
+    async fn update_map(
+        &self,
+        change: impl Fn(&ClusterMap) -> Result<ClusterMap, MapError>,
+    ) -> Result<ClusterMap, Status> {
+        let until = Instant::now() + META_DEADLINE;
+        loop {
+            let current = self.host.map().ok_or(NodeError::NotJoined)?;
+            let next = change(&current).map_err(refused)?;
+            if next == *current {
+                return Ok(next);
+            }
+            let cmd = Command::UpdateMap {
+                expected_version: current.version,
+                map: next.clone(),
+            };
+            match self.host.propose_meta(cmd, META_DEADLINE).await? {
+                KvResponse::Map { applied: true, .. } => {
+                    self.host.publish_map(Arc::new(next.clone()));
+                    return Ok(next);
+                }
+                KvResponse::Map {
+                    applied: false,
+                    version,
+                    reason,
+                } => {
+                    if Instant::now() > until {
+                        return Err(
+                            NodeError::Timeout(format!("cluster map update: {}", reason.unwrap_or_default())).into(),
+                        );
+                    }
+                    // Our copy is behind: wait for the newer map to arrive here.
+                    let mut rx = self.host.subscribe_map();
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        rx.wait_for(|m| m.as_ref().is_some_and(|m| m.version >= version)),
+                    )
+                    .await;
+                }
+                other => {
+                    return Err(NodeError::Raft(format!("unexpected metadata answer {other:?}")).into());
+                }
+            }
+        }
+    }
+
+    /// Runs a shard-level admin call on the shard's leader.
+    async fn forward_if_not_leader(
+        &self,
+        g: GroupId,
+        forwarded: bool,
+        call: impl AsyncFn(AdminClient<tonic::transport::Channel>) -> Result<admin::ShardStatus, Status>,
+    ) -> Result<Option<admin::ShardStatus>, Status> {
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut avoid = Vec::new();
+        loop {
+            let leader = self.host.leader_of(g, &avoid)?;
+            match leader {
+                Some(l) if l == self.host.id => {
+                    let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
+                    if group.metrics().state == ServerState::Leader {
+                        return Ok(None);
+                    }
+                }
+                Some(l) if !forwarded => {
+                    let ch = self
+                        .host
+                        .pool
+                        .channel(l, Lane::Admin)
+                        .map_err(|e| NodeError::Peer(e.to_string()))?;
+                    match call(AdminClient::new(ch)).await {
+                        Err(s) if (hints(&s).0 || crate::host::never_connected(&s)) && Instant::now() < until => {
+                            self.host.redirect(g, l, hints(&s).1, &mut avoid);
+                        }
+                        other => return other.map(Some),
+                    }
+                }
+                leader => return Err(NodeError::NotLeader { group: g, leader }.into()),
+            }
+            if Instant::now() > until {
+                return Err(NodeError::NotLeader { group: g, leader }.into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Voters of `group` that are reachable and caught up, as its leader sees them.
+    fn healthy_voters(&self, group: &Group) -> Vec<NodeId> {
+        let m = group.metrics();
+        let last = m.last_log_index.unwrap_or(0);
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let recent = |id: &NodeId| {
+            m.heartbeat
+                .as_ref()
+                .and_then(|h| h.get(id).cloned().flatten())
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        };
+        voters
+            .into_iter()
+            .filter(|id| {
+                *id == self.host.id
+                    || (recent(id)
+                        && m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(id).cloned().flatten())
+                            .is_some_and(|l| last.saturating_sub(l.index) <= HEALTHY_MAX_LAG))
+            })
+            .collect()
+    }
+
+    async fn record_replicas(&self, shard: ShardId, group: &Group) -> Result<(), Status> {
+        let m = group.metrics();
+        let membership = m.membership_config.membership();
+        let replicas = ShardReplicas {
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+        };
+        self.update_map(|map| {
+            if map.replicas(shard).is_ok_and(|r| *r == replicas) {
+                return Ok(map.clone());
+            }
+            map.with_shard_replicas(shard, replicas.clone())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+fn hop<T>(m: T) -> Request<T> {
+    let mut r = Request::new(m);
+    r.metadata_mut()
+        .insert(HOP, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
+fn is_forwarded<T>(r: &Request<T>) -> bool {
+    r.metadata().get(HOP).is_some()
+}
+
+fn raft_err(e: impl std::fmt::Display) -> Status {
+    NodeError::Raft(e.to_string()).into()
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn node_status(
+        &self,
+        _: Request<admin::NodeStatusRequest>,
+    ) -> Result<Response<admin::NodeStatusResponse>, Status> {
+        let h = &self.host;
+        let c = &h.config;
+        Ok(Response::new(admin::NodeStatusResponse {
+            node_id: h.id,
+            build_version: env!("CARGO_PKG_VERSION").into(),
+            joined: h.cluster_id().is_some(),
+            cluster_id: h.cluster_id().unwrap_or_default(),
+            draining: h.draining.load(std::sync::atomic::Ordering::SeqCst),
+            map_version: h.map().map_or(0, |m| m.version),
+            shards: h.groups().iter().map(|g| shard_status(h.id, g)).collect(),
+            ready: h.is_ready(),
+            shutting_down: h.shutting_down.load(std::sync::atomic::Ordering::SeqCst),
+            advertise_host: c.advertise_host.clone(),
+            client_port: c.client_port.into(),
+            peer_port: c.peer_port.into(),
+            admin_port: c.admin_port.into(),
+            disk_full: h.disk_full.load(std::sync::atomic::Ordering::SeqCst),
+        }))
+    }
+
+    async fn bootstrap(
+        &self,
+        request: Request<admin::BootstrapRequest>,
+    ) -> Result<Response<admin::BootstrapResponse>, Status> {
+        let req = request.into_inner();
+        if req.cluster_id.is_empty() {
+            return Err(NodeError::BadRequest("cluster_id must not be empty".into()).into());
+        }
+        let mut nodes = BTreeMap::new();
+        for m in &req.members {
+            let (id, addr): (NodeId, NodeAddr) = m
+                .try_into()
+                .map_err(|e: raftkv_proto::ConversionError| NodeError::BadRequest(e.to_string()))?;
+            if nodes.insert(id, addr).is_some() {
+                return Err(NodeError::BadRequest(format!("node {id} is listed twice")).into());
+            }
+        }
+        if !nodes.contains_key(&self.host.id) {
+            return Err(NodeError::BadRequest(format!("the members must include this node ({})", self.host.id)).into());
+        }
+        let map = ClusterMap::bootstrap(req.cluster_id.clone(), nodes, req.shards, req.replication_factor)
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        if let Some(existing) = self.host.map() {
+            if existing.cluster_id == map.cluster_id && self.host.group(GroupId::Meta).is_some() {
+                // Already bootstrapped (a retry): finish the map if it is not in the metadata group yet.
+                if existing.version > 1 {
+                    return Ok(Response::new(admin::BootstrapResponse {
+                        map: Some((&*existing).into()),
+                    }));
+                }
+            } else if existing.cluster_id != map.cluster_id {
+                return Err(refused(format!(
+                    "this node already belongs to cluster {:?}",
+                    existing.cluster_id
+                )));
+            }
+        }
+        self.host.pool.set_addresses(&map.nodes);
+        self.host.pool.set_cluster_id(&map.cluster_id);
+        for id in map.nodes.keys() {
+            if *id == self.host.id {
+                self.host.join(map.clone()).await?;
+                continue;
+            }
+            let mut client = self.host.pool.client(*id).map_err(|e| NodeError::Peer(e.to_string()))?;
+            client
+                .join(peer::JoinRequest {
+                    target_node: *id,
+                    map: map.encode(),
+                })
+                .await
+                .map_err(|s| Status::new(s.code(), format!("node {id} could not join: {}", s.message())))?;
+        }
+        match self
+            .host
+            .propose_meta(Command::InitMap(map.clone()), META_DEADLINE)
+            .await?
+        {
+            KvResponse::Map { applied: true, .. } => {}
+            KvResponse::Map {
+                applied: false, reason, ..
+            } => return Err(refused(reason.unwrap_or_default())),
+            other => return Err(raft_err(format!("unexpected metadata answer {other:?}"))),
+        }
+        tracing::info!(cluster = %map.cluster_id, nodes = map.nodes.len(), shards = map.shard_count, "bootstrapped");
+        Ok(Response::new(admin::BootstrapResponse {
+            map: Some((&map).into()),
+        }))
+    }
+
+    async fn cluster_map(
+        &self,
+        _: Request<admin::ClusterMapRequest>,
+    ) -> Result<Response<admin::ClusterMapResponse>, Status> {
+        let map = self.host.map().ok_or(NodeError::NotJoined)?;
+        Ok(Response::new((&*map).into()))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<admin::AddNodeRequest>,
+    ) -> Result<Response<admin::ClusterMapResponse>, Status> {
+        let member = request
+            .into_inner()
+            .member
+            .ok_or_else(|| NodeError::BadRequest("member is required".into()))?;
+        let (id, addr): (NodeId, NodeAddr) = (&member)
+            .try_into()
+            .map_err(|e: raftkv_proto::ConversionError| NodeError::BadRequest(e.to_string()))?;
+        // The node must answer at that address with that identity.
+        self.host.pool.set_addresses(&BTreeMap::from([(id, addr.clone())]));
+        let ch = self
+            .host
+            .pool
+            .channel(id, Lane::Admin)
+            .map_err(|e| NodeError::Peer(e.to_string()))?;
+        let status = AdminClient::new(ch)
+            .node_status(admin::NodeStatusRequest {})
+            .await
+            .map_err(|s| NodeError::Peer(format!("node {id} at {}: {}", addr.admin_endpoint(), s.message())))?
+            .into_inner();
+        if status.node_id != id {
+            return Err(refused(format!(
+                "the node at {} is node {}, not {id}",
+                addr.admin_endpoint(),
+                status.node_id
+            )));
+        }
+        let cluster = self.host.cluster_id().ok_or(NodeError::NotJoined)?;
+        if status.joined && status.cluster_id != cluster {
+            return Err(refused(format!("node {id} belongs to cluster {:?}", status.cluster_id)));
+        }
+        let map = self
+            .update_map(|m| {
+                m.with_node(id, addr.clone())
+                    .map(|n| if m.nodes.get(&id) == Some(&addr) { m.clone() } else { n })
+            })
+            .await?;
+        let mut client = self.host.pool.client(id).map_err(|e| NodeError::Peer(e.to_string()))?;
+        client
+            .join(peer::JoinRequest {
+                target_node: id,
+                map: map.encode(),
+            })
+            .await
+            .map_err(|s| Status::new(s.code(), format!("node {id} could not join: {}", s.message())))?;
+        Ok(Response::new((&map).into()))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<admin::RemoveNodeRequest>,
+    ) -> Result<Response<admin::ClusterMapResponse>, Status> {
+        let id = request.into_inner().node_id;
+        let map = self.host.map().ok_or(NodeError::NotJoined)?;
+        if !map.nodes.contains_key(&id) {
+            return Ok(Response::new((&*map).into()));
+        }
+        let next = map.without_node(id).map_err(refused)?;
+        // Leave the metadata group (as a learner) first, then the map.
+        if let Some(meta) = self.host.group(GroupId::Meta)
+            && meta.metrics().state == ServerState::Leader
+            && meta
+                .metrics()
+                .membership_config
+                .membership()
+                .learner_ids()
+                .any(|l| l == id)
+        {
+            meta.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(raft_err)?;
+        }
+        let map = self
+            .update_map(|m| {
+                if m.nodes.contains_key(&id) {
+                    m.without_node(id)
+                } else {
+                    Ok(m.clone())
+                }
+            })
+            .await?;
+        let _ = next;
+        Ok(Response::new((&map).into()))
+    }
+
+    async fn add_replica(
+        &self,
+        request: Request<admin::ReplicaRequest>,
+    ) -> Result<Response<admin::ShardStatus>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let (g, map) = self.shard(req.shard)?;
+        if let Some(s) = self
+            .forward_if_not_leader(g, forwarded, async |mut c| {
+                Ok(c.add_replica(hop(req)).await?.into_inner())
+            })
+            .await?
+        {
+            return Ok(Response::new(s));
+        }
+        map.node(req.node_id)
+            .map_err(|e| refused(format!("{e}; add the node first")))?;
+        let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
+        let members = group.metrics().membership_config.membership().clone();
+        if !members
+            .voter_ids()
+            .chain(members.learner_ids())
+            .any(|n| n == req.node_id)
+        {
+            let mut client = self
+                .host
+                .pool
+                .client(req.node_id)
+                .map_err(|e| NodeError::Peer(e.to_string()))?;
+            client
+                .create_replica(peer::CreateReplicaRequest {
+                    target_node: req.node_id,
+                    cluster_id: map.cluster_id.clone(),
+                    group: g.to_raw(),
+                })
+                .await
+                .map_err(|s| {
+                    Status::new(
+                        s.code(),
+                        format!("node {} could not create the replica: {}", req.node_id, s.message()),
+                    )
+                })?;
+            // Non-blocking: the learner catches up (by snapshot when the log is compacted) in the background.
+            group
+                .raft
+                .add_learner(req.node_id, EmptyNode {}, false)
+                .await
+                .map_err(raft_err)?;
+            tracing::info!(shard = req.shard, node = req.node_id, "added learner");
+        }
+        self.record_replicas(req.shard, &group).await?;
+        Ok(Response::new(shard_status(self.host.id, &group)))
+    }
+
+    async fn promote_replica(
+        &self,
+        request: Request<admin::ReplicaRequest>,
+    ) -> Result<Response<admin::ShardStatus>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let (g, _) = self.shard(req.shard)?;
+        if let Some(s) = self
+            .forward_if_not_leader(g, forwarded, async |mut c| {
+                Ok(c.promote_replica(hop(req)).await?.into_inner())
+            })
+            .await?
+        {
+            return Ok(Response::new(s));
+        }
+        let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
+        let m = group.metrics();
+        let membership = m.membership_config.membership();
+        if !membership.voter_ids().any(|v| v == req.node_id) {
+            if !membership.learner_ids().any(|l| l == req.node_id) {
+                return Err(refused(format!(
+                    "node {} is not a replica of shard {}; add it first",
+                    req.node_id, req.shard
+                )));
+            }
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&req.node_id).cloned().flatten())
+                .map(|l| l.index);
+            safety::check_promote(req.node_id, m.last_log_index.unwrap_or(0), matched, PROMOTE_MAX_LAG)
+                .map_err(refused)?;
+            group
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id])), false)
+                .await
+                .map_err(raft_err)?;
+            tracing::info!(shard = req.shard, node = req.node_id, "promoted to voter");
+        }
+        self.record_replicas(req.shard, &group).await?;
+        Ok(Response::new(shard_status(self.host.id, &group)))
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<admin::ReplicaRequest>,
+    ) -> Result<Response<admin::ShardStatus>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let (g, map) = self.shard(req.shard)?;
+        if let Some(s) = self
+            .forward_if_not_leader(g, forwarded, async |mut c| {
+                Ok(c.remove_replica(hop(req)).await?.into_inner())
+            })
+            .await?
+        {
+            return Ok(Response::new(s));
+        }
+        let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
+        let membership = group.metrics().membership_config.membership().clone();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let is_member = voters.contains(&req.node_id) || membership.learner_ids().any(|l| l == req.node_id);
+        if is_member {
+            if voters.contains(&req.node_id) {
+                safety::check_remove_voter(&voters, &self.healthy_voters(&group), req.node_id).map_err(refused)?;
+            }
+            group
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([req.node_id])), false)
+                .await
+                .map_err(raft_err)?;
+            tracing::info!(shard = req.shard, node = req.node_id, "removed replica from membership");
+        }
+        // The leader may have been the one removed: record from whoever leads now.
+        if group.metrics().state == ServerState::Leader {
+            self.record_replicas(req.shard, &group).await?;
+        } else {
+            let replicas = ShardReplicas {
+                voters: voters.iter().copied().filter(|v| *v != req.node_id).collect(),
+                learners: membership.learner_ids().filter(|l| *l != req.node_id).collect(),
+            };
+            self.update_map(|m| m.with_shard_replicas(req.shard, replicas.clone()))
+                .await?;
+        }
+        // Now that the removal is committed, the old replica's data can go.
+        if map.nodes.contains_key(&req.node_id) {
+            let destroy = peer::CreateReplicaRequest {
+                target_node: req.node_id,
+                cluster_id: map.cluster_id.clone(),
+                group: g.to_raw(),
+            };
+            if req.node_id == self.host.id {
+                self.host.destroy_group(g).await?;
+            } else if let Ok(mut client) = self.host.pool.client(req.node_id)
+                && let Err(s) = client.destroy_replica(destroy).await
+            {
+                tracing::warn!(shard = req.shard, node = req.node_id, error = %s.message(), "could not delete the removed replica's data; it is inert");
+            }
+        }
+        let status = self
+            .host
+            .group(g)
+            .map(|g| shard_status(self.host.id, &g))
+            .unwrap_or_default();
+        Ok(Response::new(status))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<admin::TransferLeaderRequest>,
+    ) -> Result<Response<admin::ShardStatus>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let (g, _) = self.shard(req.shard)?;
+        if req.to_node != 0
+            && self
+                .host
+                .group(g)
+                .is_some_and(|gr| gr.metrics().current_leader == Some(req.to_node))
+        {
+            let group = self.host.group(g).expect("checked above");
+            return Ok(Response::new(shard_status(self.host.id, &group)));
+        }
+        if let Some(s) = self
+            .forward_if_not_leader(g, forwarded, async |mut c| {
+                Ok(c.transfer_leader(hop(req)).await?.into_inner())
+            })
+            .await?
+        {
+            return Ok(Response::new(s));
+        }
+        let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
+        let m = group.metrics();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let to = if req.to_node == 0 {
+            self.healthy_voters(&group)
+                .into_iter()
+                .find(|v| *v != self.host.id)
+                .ok_or_else(|| refused("no other caught-up voter to take over"))?
+        } else {
+            req.to_node
+        };
+        if to == self.host.id {
+            return Ok(Response::new(shard_status(self.host.id, &group)));
+        }
+        if !voters.contains(&to) {
+            return Err(refused(format!("node {to} is not a voter of shard {}", req.shard)));
+        }
+        group.raft.trigger().transfer_leader(to).await.map_err(raft_err)?;
+        let mut rx = group.raft.metrics();
+        let moved = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|m| m.current_leader == Some(to))).await;
+        if moved.is_err() {
+            return Err(NodeError::Timeout(format!(
+                "leadership of shard {} did not move to node {to} within 10 s",
+                req.shard
+            ))
+            .into());
+        }
+        Ok(Response::new(shard_status(self.host.id, &group)))
+    }
+
+    async fn drain_leaders(&self, _: Request<admin::DrainRequest>) -> Result<Response<admin::DrainResponse>, Status> {
+        self.host.set_draining(true).await?;
+        let leading = self.host.hand_off_leaderships().await;
+        Ok(Response::new(admin::DrainResponse {
+            draining: true,
+            leading: leading
+                .into_iter()
+                .filter_map(|g| if let GroupId::Shard(s) = g { Some(s) } else { None })
+                .collect(),
+        }))
+    }
+
+    async fn undrain_leaders(&self, _: Request<admin::DrainRequest>) -> Result<Response<admin::DrainResponse>, Status> {
+        self.host.set_draining(false).await?;
+        Ok(Response::new(admin::DrainResponse {
+            draining: false,
+            leading: vec![],
+        }))
+    }
+
+    async fn shard_digest(
+        &self,
+        request: Request<admin::ShardDigestRequest>,
+    ) -> Result<Response<admin::ShardDigestResponse>, Status> {
+        let req = request.into_inner();
+        let (g, _) = self.shard(req.shard)?;
+        let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
+        let d = group.view.digest().map_err(NodeError::from)?;
+        Ok(Response::new(admin::ShardDigestResponse {
+            shard: req.shard,
+            node_id: self.host.id,
+            applied_index: d.applied_index,
+            key_count: d.key_count,
+            digest: d.digest,
+        }))
+    }
+}

@@ -1,0 +1,315 @@
+//! The Raft peer client: openraft's network traits over the tonic `Peer`
+//! service.
+//!
+//! One HTTP/2 channel per peer carries every group's appends, votes and
+//! heartbeats (groups are multiplexed by the `group` field); snapshots get a
+//! second channel so a long transfer never delays heartbeats. Channels are
+//! lazy: they resolve the peer's DNS name on every (re)connect, so a pod that
+//! comes back with a new IP is found again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use openraft::RaftNetworkV2;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use raftkv_core::map::NodeAddr;
+use raftkv_core::{GroupId, NodeId};
+use raftkv_proto::peer::{self, RaftKind, peer_client::PeerClient};
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::storage::{SnapshotFile, decode_raft, encode_raft};
+use crate::types::{Snapshot, TypeConfig, Vote};
+
+/// Size of one snapshot chunk on the wire.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Lane {
+    /// Appends, votes and heartbeats of every group.
+    Raft,
+    /// Snapshot streams.
+    Snapshot,
+    /// Client requests forwarded to a shard leader's KV service.
+    Client,
+    /// Admin requests forwarded to a shard leader's admin service.
+    Admin,
+}
+
+/// Addresses of the peers and the channels to them, shared by every group.
+pub struct PeerPool {
+    self_id: NodeId,
+    book: RwLock<BTreeMap<NodeId, NodeAddr>>,
+    channels: Mutex<HashMap<(NodeId, Lane), (String, Channel)>>,
+    cluster_id: RwLock<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PeerError(pub String);
+
+impl PeerPool {
+    pub fn new(self_id: NodeId) -> Arc<Self> {
+        Arc::new(PeerPool {
+            self_id,
+            book: RwLock::default(),
+            channels: Mutex::default(),
+            cluster_id: RwLock::default(),
+        })
+    }
+
+    pub fn self_id(&self) -> NodeId {
+        self.self_id
+    }
+
+    pub fn set_cluster_id(&self, id: &str) {
+        *self.cluster_id.write().expect("cluster id lock") = id.to_string();
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.read().expect("cluster id lock").clone()
+    }
+
+    /// Learns peer addresses (from the cluster map). Channels to a peer whose
+    /// address changed are replaced on next use.
+    pub fn set_addresses(&self, nodes: &BTreeMap<NodeId, NodeAddr>) {
+        let mut book = self.book.write().expect("address book lock");
+        for (id, addr) in nodes {
+            book.insert(*id, addr.clone());
+        }
+    }
+
+    pub fn address(&self, id: NodeId) -> Option<NodeAddr> {
+        self.book.read().expect("address book lock").get(&id).cloned()
+    }
+
+    pub fn channel(&self, target: NodeId, lane: Lane) -> Result<Channel, PeerError> {
+        let addr = self
+            .address(target)
+            .ok_or_else(|| PeerError(format!("no address known for node {target}")))?;
+        let endpoint = match lane {
+            Lane::Raft | Lane::Snapshot => addr.peer_endpoint(),
+            Lane::Client => addr.client_endpoint(),
+            Lane::Admin => addr.admin_endpoint(),
+        };
+        let mut channels = self.channels.lock().expect("channel map lock");
+        if let Some((ep, ch)) = channels.get(&(target, lane))
+            && *ep == endpoint
+        {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| PeerError(format!("bad peer endpoint {endpoint}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert((target, lane), (endpoint, ch.clone()));
+        Ok(ch)
+    }
+
+    /// A client for `target`'s peer service on the Raft lane.
+    pub fn client(&self, target: NodeId) -> Result<PeerClient<Channel>, PeerError> {
+        Ok(PeerClient::new(self.channel(target, Lane::Raft)?).max_decoding_message_size(64 << 20))
+    }
+}
+
+pub struct NetworkFactory {
+    pub group: GroupId,
+    pub pool: Arc<PeerPool>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, _node: &openraft::EmptyNode) -> PeerNetwork {
+        PeerNetwork {
+            target,
+            group: self.group,
+            pool: self.pool.clone(),
+            lane: Lane::Raft,
+        }
+    }
+
+    async fn new_snapshot_client(&mut self, target: NodeId, _node: &openraft::EmptyNode) -> PeerNetwork {
+        PeerNetwork {
+            target,
+            group: self.group,
+            pool: self.pool.clone(),
+            lane: Lane::Snapshot,
+        }
+    }
+}
+
+pub struct PeerNetwork {
+    target: NodeId,
+    group: GroupId,
+    pool: Arc<PeerPool>,
+    lane: Lane,
+}
+
+fn unreachable(msg: impl Into<String>) -> Unreachable<TypeConfig> {
+    Unreachable::new(&PeerError(msg.into()))
+}
+
+fn network(msg: impl Into<String>) -> NetworkError<TypeConfig> {
+    NetworkError::new(&PeerError(msg.into()))
+}
+
+/// Connection-level failures back off (Unreachable); anything else is a network error.
+fn status_to_rpc(target: NodeId, s: tonic::Status) -> RPCError<TypeConfig> {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::FailedPrecondition | tonic::Code::NotFound => {
+            RPCError::Unreachable(unreachable(format!("node {target}: {}", s.message())))
+        }
+        _ => RPCError::Network(network(format!("node {target}: {s}"))),
+    }
+}
+
+impl PeerNetwork {
+    async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        kind: RaftKind,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let channel = self
+            .pool
+            .channel(self.target, self.lane)
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let request = peer::RaftRequest {
+            target_node: self.target,
+            from_node: self.pool.self_id(),
+            cluster_id: self.pool.cluster_id(),
+            group: self.group.to_raw(),
+            kind: kind as i32,
+            payload: encode_raft(req),
+        };
+        let reply = tokio::time::timeout(option.hard_ttl(), client.raft(request))
+            .await
+            .map_err(|_| RPCError::Unreachable(unreachable(format!("node {}: timed out", self.target))))?
+            .map_err(|s| status_to_rpc(self.target, s))?;
+        decode_raft("raft reply", &reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerNetwork {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftKind::Append, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftKind::Vote, &rpc, &option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftKind::PreVote, &rpc, &option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftKind::TransferLeader, &req, &option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let channel = self
+            .pool
+            .channel(self.target, Lane::Snapshot)
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let mut client = PeerClient::new(channel).max_decoding_message_size(64 << 20);
+        let (tx, rx) = tokio::sync::mpsc::channel::<peer::SnapshotChunk>(4);
+        let header = encode_raft(&(vote, snapshot.meta.clone()));
+        let (target, from, cluster_id, group) = (
+            self.target,
+            self.pool.self_id(),
+            self.pool.cluster_id(),
+            self.group.to_raw(),
+        );
+        let path = snapshot.snapshot.path.clone();
+        let bytes = snapshot.snapshot.len;
+        // Reads the file chunk by chunk: memory stays bounded whatever the shard size.
+        let reader = tokio::spawn(async move {
+            let mut file = tokio::fs::File::open(&path).await?;
+            let mut first = true;
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let n = file.read(&mut buf).await?;
+                buf.truncate(n);
+                if n == 0 && !first {
+                    return Ok::<(), std::io::Error>(());
+                }
+                let chunk = peer::SnapshotChunk {
+                    target_node: target,
+                    from_node: from,
+                    cluster_id: cluster_id.clone(),
+                    group,
+                    header: if first { header.clone() } else { vec![] },
+                    data: buf,
+                };
+                first = false;
+                if tx.send(chunk).await.is_err() || n == 0 {
+                    return Ok(());
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        let send = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let reply = tokio::select! {
+            closed = cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+            r = send => r,
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(StreamingError::Network(network(format!("reading snapshot file: {e}"))));
+            }
+            Err(e) => {
+                return Err(StreamingError::Network(network(format!("snapshot reader: {e}"))));
+            }
+        }
+        let reply = reply.map_err(|s| match status_to_rpc(self.target, s) {
+            RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+            RPCError::Network(n) => StreamingError::Network(n),
+            other => StreamingError::Network(network(other.to_string())),
+        })?;
+        crate::metrics::METRICS.snapshot_sent(self.group, bytes, started.elapsed());
+        decode_raft("snapshot reply", &reply.into_inner().payload)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+}

@@ -1,0 +1,341 @@
+//! A harness that runs real `raftkv-node` processes on loopback.
+//!
+//! Binaries come from `RAFTKV_BIN_DIR` (exported by `make test`), falling back
+//! to the one cargo built for this test run. Ports are asked of the OS.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use raftkv_client::admin_proto as admin;
+use raftkv_client::{Admin, Client};
+
+pub fn node_binary() -> PathBuf {
+    match std::env::var_os("RAFTKV_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join("raftkv-node"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_raftkv-node")),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub client: u16,
+    pub peer: u16,
+    pub admin: u16,
+    pub http: u16,
+}
+
+pub struct Node {
+    pub dir: PathBuf,
+    pub ports: Ports,
+    pub log: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+    pub id: u64,
+}
+
+impl Node {
+    pub fn client_ep(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.client)
+    }
+    pub fn admin_ep(&self) -> String {
+        format!("127.0.0.1:{}", self.ports.admin)
+    }
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.http)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open node log");
+        let p = self.ports;
+        let child = Command::new(node_binary())
+            .args(["--data-dir", self.dir.to_str().expect("utf-8 path")])
+            .args(["--listen-host", "127.0.0.1", "--advertise-host", "127.0.0.1"])
+            .args([
+                "--client-port",
+                &p.client.to_string(),
+                "--peer-port",
+                &p.peer.to_string(),
+            ])
+            .args(["--admin-port", &p.admin.to_string(), "--http-port", &p.http.to_string()])
+            .args([
+                "--heartbeat-ms",
+                "100",
+                "--election-timeout-ms",
+                "600",
+                "--audit-durability",
+                "--min-free-mb",
+                "1",
+            ])
+            .args(&self.extra_args)
+            .env("RAFTKV_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", node_binary().display()));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// `kill -9`: no chance to flush or hand anything off.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status.
+    pub fn sigterm(&mut self, within: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("node running");
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+        let until = Instant::now() + within;
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > until {
+                let _ = c.kill();
+                panic!(
+                    "node did not exit within {within:?} of SIGTERM; log: {}",
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub async fn status(&self) -> Result<admin::NodeStatusResponse, tonic::Status> {
+        let mut c = Admin::node(&self.admin_ep()).expect("admin endpoint");
+        c.node_status(admin::NodeStatusRequest {}).await.map(|r| r.into_inner())
+    }
+
+    /// Waits until the admin port answers; returns the node's status.
+    pub async fn wait_up(&mut self, within: Duration) -> admin::NodeStatusResponse {
+        let until = Instant::now() + within;
+        loop {
+            if let Ok(s) = self.status().await {
+                self.id = s.node_id;
+                return s;
+            }
+            if !self.is_running() {
+                panic!("node exited during start-up; log:\n{}", self.log_tail());
+            }
+            assert!(
+                Instant::now() < until,
+                "node did not come up; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub shards: u32,
+}
+
+impl Cluster {
+    /// Starts `n` unjoined nodes.
+    pub async fn start(n: usize, extra_args: &[&str]) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("raftkv-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mut c = Cluster {
+            root,
+            nodes: Vec::new(),
+            shards: 0,
+        };
+        for _ in 0..n {
+            c.add_node_process(extra_args).await;
+        }
+        c
+    }
+
+    /// Starts one more (unjoined) node process.
+    pub async fn add_node_process(&mut self, extra_args: &[&str]) -> usize {
+        let i = self.nodes.len();
+        let dir = self.root.path().join(format!("node{i}"));
+        let ports = Ports {
+            client: free_port(),
+            peer: free_port(),
+            admin: free_port(),
+            http: free_port(),
+        };
+        let mut node = Node {
+            log: self.root.path().join(format!("node{i}.log")),
+            dir,
+            ports,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            id: 0,
+        };
+        node.start();
+        let s = node.wait_up(Duration::from_secs(30)).await;
+        assert!(!s.joined, "a fresh node must start unjoined");
+        self.nodes.push(node);
+        i
+    }
+
+    pub fn member(&self, i: usize) -> admin::Member {
+        let n = &self.nodes[i];
+        admin::Member {
+            node_id: n.id,
+            host: "127.0.0.1".into(),
+            client_port: n.ports.client.into(),
+            peer_port: n.ports.peer.into(),
+            admin_port: n.ports.admin.into(),
+        }
+    }
+
+    pub async fn bootstrap(&mut self, shards: u32, rf: u32) {
+        self.shards = shards;
+        let members = (0..self.nodes.len()).map(|i| self.member(i)).collect();
+        let admin = Admin::new(&[self.nodes[0].admin_ep()]).expect("admin");
+        admin
+            .bootstrap(admin::BootstrapRequest {
+                cluster_id: "test".into(),
+                shards,
+                replication_factor: rf,
+                members,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", self.nodes[0].log_tail()));
+        self.wait_all_leaders(Duration::from_secs(30)).await;
+    }
+
+    pub fn client_eps(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_ep()).collect()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.client_eps()).expect("client")
+    }
+
+    pub fn client_via(&self, i: usize) -> Client {
+        Client::new(&[self.nodes[i].client_ep()]).expect("client")
+    }
+
+    pub fn admin(&self) -> Admin {
+        Admin::new(&self.nodes.iter().map(|n| n.admin_ep()).collect::<Vec<_>>()).expect("admin")
+    }
+
+    pub fn index_of(&self, id: u64) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Shard → leader id, as the running nodes report it (leaders only).
+    pub async fn leaders(&mut self) -> BTreeMap<u32, u64> {
+        let mut out = BTreeMap::new();
+        for n in &mut self.nodes {
+            if !n.is_running() {
+                continue;
+            }
+            if let Ok(s) = n.status().await {
+                for sh in s.shards.iter().filter(|s| !s.meta && s.role == "leader") {
+                    out.insert(sh.shard, s.node_id);
+                }
+            }
+        }
+        out
+    }
+
+    pub async fn wait_all_leaders(&mut self, within: Duration) {
+        let until = Instant::now() + within;
+        loop {
+            let l = self.leaders().await;
+            if l.len() == self.shards as usize {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "only shards {:?} have leaders after {within:?}",
+                l.keys().collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running replica of every shard has applied what its leader committed.
+    pub async fn wait_caught_up(&mut self, within: Duration) {
+        let until = Instant::now() + within;
+        loop {
+            let mut committed: BTreeMap<u32, u64> = BTreeMap::new();
+            let mut applied: Vec<(u32, u64, u64)> = Vec::new();
+            for n in &mut self.nodes {
+                if !n.is_running() {
+                    continue;
+                }
+                if let Ok(s) = n.status().await {
+                    for sh in s.shards.iter().filter(|s| !s.meta) {
+                        if sh.role == "leader" {
+                            committed.insert(sh.shard, sh.committed_index);
+                        }
+                        applied.push((sh.shard, s.node_id, sh.applied_index));
+                    }
+                }
+            }
+            let behind: Vec<_> = applied
+                .iter()
+                .filter(|(s, _, a)| committed.get(s).is_none_or(|c| a < c))
+                .collect();
+            if behind.is_empty() && committed.len() == self.shards as usize {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "replicas still behind after {within:?}: {behind:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub fn node_log_dir(c: &Cluster) -> &Path {
+    c.root.path()
+}
