@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::Instant as _;
 use openraft::{ChangeMembers, EmptyNode, ServerState};
 use raftkv_core::command::{Command, Response as KvResponse};
 use raftkv_core::map::{ClusterMap, MapError, NodeAddr, ShardReplicas};
@@ -52,7 +53,7 @@ pub fn shard_status(self_id: NodeId, group: &Group) -> admin::ShardStatus {
     let voters: Vec<NodeId> = membership.voter_ids().collect();
     let learners: Vec<NodeId> = membership.learner_ids().collect();
     let last = m.last_log_index.unwrap_or(0);
-    let committed = m.committed.as_ref().map_or(0, |l| l.index);
+    let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
     let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
     let progress = m
         .replication
@@ -157,7 +158,9 @@ impl AdminService {
         &self,
         g: GroupId,
         forwarded: bool,
-        call: impl AsyncFn(AdminClient<tonic::transport::Channel>) -> Result<admin::ShardStatus, Status>,
+        call: impl Fn(
+            AdminClient<tonic::transport::Channel>,
+        ) -> futures::future::BoxFuture<'static, Result<admin::ShardStatus, Status>>,
     ) -> Result<Option<admin::ShardStatus>, Status> {
         let until = Instant::now() + Duration::from_secs(10);
         let mut avoid = Vec::new();
@@ -450,8 +453,8 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let (g, map) = self.shard(req.shard)?;
         if let Some(s) = self
-            .forward_if_not_leader(g, forwarded, async |mut c| {
-                Ok(c.add_replica(hop(req)).await?.into_inner())
+            .forward_if_not_leader(g, forwarded, move |mut c| {
+                Box::pin(async move { Ok(c.add_replica(hop(req)).await?.into_inner()) })
             })
             .await?
         {
@@ -504,8 +507,8 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let (g, _) = self.shard(req.shard)?;
         if let Some(s) = self
-            .forward_if_not_leader(g, forwarded, async |mut c| {
-                Ok(c.promote_replica(hop(req)).await?.into_inner())
+            .forward_if_not_leader(g, forwarded, move |mut c| {
+                Box::pin(async move { Ok(c.promote_replica(hop(req)).await?.into_inner()) })
             })
             .await?
         {
@@ -547,8 +550,8 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let (g, map) = self.shard(req.shard)?;
         if let Some(s) = self
-            .forward_if_not_leader(g, forwarded, async |mut c| {
-                Ok(c.remove_replica(hop(req)).await?.into_inner())
+            .forward_if_not_leader(g, forwarded, move |mut c| {
+                Box::pin(async move { Ok(c.remove_replica(hop(req)).await?.into_inner()) })
             })
             .await?
         {
@@ -620,8 +623,8 @@ impl Admin for AdminService {
             return Ok(Response::new(shard_status(self.host.id, &group)));
         }
         if let Some(s) = self
-            .forward_if_not_leader(g, forwarded, async |mut c| {
-                Ok(c.transfer_leader(hop(req)).await?.into_inner())
+            .forward_if_not_leader(g, forwarded, move |mut c| {
+                Box::pin(async move { Ok(c.transfer_leader(hop(req)).await?.into_inner()) })
             })
             .await?
         {
@@ -645,8 +648,11 @@ impl Admin for AdminService {
             return Err(refused(format!("node {to} is not a voter of shard {}", req.shard)));
         }
         group.raft.trigger().transfer_leader(to).await.map_err(raft_err)?;
-        let mut rx = group.raft.metrics();
-        let moved = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|m| m.current_leader == Some(to))).await;
+        let moved = group
+            .raft
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(to, "leader transfer")
+            .await;
         if moved.is_err() {
             return Err(NodeError::Timeout(format!(
                 "leadership of shard {} did not move to node {to} within 10 s",

@@ -43,7 +43,8 @@ pub struct Group {
 
 impl Group {
     pub fn metrics(&self) -> openraft::RaftMetrics<crate::types::TypeConfig> {
-        self.raft.metrics().borrow().clone()
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
     }
 }
 

@@ -188,11 +188,12 @@ async fn shutdown(host: &Arc<Host>, grace: Duration) {
 }
 
 fn pending_proposals() -> i64 {
+    use prometheus::core::Collector;
     metrics::METRICS
         .proposals_pending
         .collect()
         .iter()
         .flat_map(|f| f.get_metric())
-        .map(|m| m.get_gauge().value() as i64)
+        .map(|m| m.get_gauge().get_value() as i64)
         .sum()
 }

@@ -197,7 +197,7 @@ impl Metrics {
         self.is_leader
             .with_label_values(&l)
             .set((m.current_leader == Some(self_id)) as i64);
-        let committed = m.committed.as_ref().map_or(0, |c| c.index);
+        let committed = m.local_committed.as_ref().map_or(0, |c| c.index);
         let applied = m.last_applied.as_ref().map_or(0, |c| c.index);
         self.proposals_committed.with_label_values(&l).set(committed as i64);
         self.proposals_applied.with_label_values(&l).set(applied as i64);

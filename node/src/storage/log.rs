@@ -154,7 +154,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = WriteBatch::default();
         b.delete_range_cf(
             self.engine.cf(CF_LOG),
-            keys::log_key(self.group, from),
+            keys::log_key(self.group, from).to_vec(),
             keys::group_range(self.group).1,
         );
         // Ordered before any later append in the shared WAL, which the

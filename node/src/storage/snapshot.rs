@@ -56,8 +56,8 @@ pub(crate) fn build(engine: &Engine, group: GroupId, meta: SnapshotMeta) -> io::
     ro.set_iterate_upper_bound(end);
     let mut it = engine.db.raw_iterator_cf_opt(engine.cf(CF_DATA), ro);
     it.seek(start);
-    let mut writer: Option<SstFileWriter> = None;
     let opts = Options::default();
+    let mut writer: Option<SstFileWriter> = None;
     while let (Some(k), Some(v)) = (it.key(), it.value()) {
         let w = match &mut writer {
             Some(w) => w,

@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use openraft::StorageError;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use openraft::vote::RaftLeaderId;
 use raftkv_core::GroupId;
 use raftkv_core::command::{Command, Request};
 
@@ -54,7 +56,7 @@ fn entry(index: u64) -> Entry {
         },
     };
     Entry {
-        log_id: LogId::new(openraft::vote::leader_id_adv::CommittedLeaderId::new(1, 1), index),
+        log_id: LogId::new(openraft::impls::leader_id_adv::LeaderId::new(1, 1), index),
         payload: openraft::EntryPayload::Normal(req),
     }
 }
@@ -70,7 +72,7 @@ async fn appends_are_acknowledged_only_after_a_counted_wal_sync() {
     for g in 0..8u32 {
         let mut log = engine.log_store(GroupId::Shard(g));
         for i in 1..=50u64 {
-            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (tx, rx) = TypeConfig::oneshot();
             let syncs_at_write = engine.wal_syncs();
             log.append([entry(i)], IOFlushed::signal(tx)).await.unwrap();
             let engine = engine.clone();
@@ -102,7 +104,7 @@ async fn destroyed_groups_leave_a_tombstone_and_no_data() {
     let engine = open_engine(dir.path(), false);
     let g = GroupId::Shard(1);
     let mut log = engine.log_store(g);
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (tx, rx) = TypeConfig::oneshot();
     log.append([entry(1), entry(2)], IOFlushed::signal(tx)).await.unwrap();
     rx.await.unwrap().unwrap();
     log.save_vote(&openraft::impls::Vote::new(1, 1)).await.unwrap();

@@ -1,0 +1,346 @@
+//! Multi-process tests of the admin API, bad input and snapshots.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use raftkv_client::admin_proto as admin;
+use raftkv_client::kv_proto::{self as kv, Consistency};
+use raftkv_client::{Admin, ClientError};
+use support::Cluster;
+
+fn code(e: &ClientError) -> tonic::Code {
+    match e {
+        ClientError::Status(s) => s.code(),
+        other => panic!("expected a gRPC status, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let mut c = Cluster::start(3, &[]).await;
+    // Before bootstrap: the node is up but refuses KV requests with a reason.
+    let early = c.client_via(0).put(b"k", b"v", 0).await.unwrap_err();
+    assert_eq!(code(&early), tonic::Code::FailedPrecondition, "{early}");
+    assert!(early.to_string().contains("not joined"), "{early}");
+    c.bootstrap(8, 3).await;
+    let client = c.client();
+
+    let invalid = [
+        client.put(b"", b"v", 0).await.unwrap_err(),
+        client.put(&vec![b'k'; 4097], b"v", 0).await.unwrap_err(),
+        client.put(b"big", &vec![0; 1024 * 1024 + 1], 0).await.unwrap_err(),
+        client.put(b"ttl", b"v", 400 * 365 * 24 * 3600).await.unwrap_err(),
+        client.get(b"", Consistency::Linearizable, 0).await.unwrap_err(),
+        client.delete(&vec![b'k'; 5000]).await.unwrap_err(),
+        client
+            .compare_and_set(kv::CompareAndSetRequest {
+                key: b"cas".to_vec(),
+                expected: None,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        client
+            .scan(kv::ScanRequest {
+                only_shard: Some(99),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        client
+            .scan(kv::ScanRequest {
+                start: b"b".to_vec(),
+                end: b"a".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        client
+            .scan(kv::ScanRequest {
+                continuation: b"garbage".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+        client
+            .scan(kv::ScanRequest {
+                limit: 1_000_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    ];
+    for e in &invalid {
+        assert_eq!(code(e), tonic::Code::InvalidArgument, "{e}");
+    }
+    // Nothing of a refused request was applied.
+    for k in [b"big".as_slice(), b"ttl", b"cas"] {
+        assert!(!client.get(k, Consistency::Linearizable, 0).await.unwrap().found);
+    }
+
+    // Admin: unknown shard, unknown node, bad bootstrap.
+    let a = c.admin();
+    assert_eq!(
+        code(&a.add_replica(99, c.nodes[0].id).await.unwrap_err()),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        code(&a.add_replica(0, 12345).await.unwrap_err()),
+        tonic::Code::FailedPrecondition
+    );
+    let again = a
+        .bootstrap(admin::BootstrapRequest {
+            cluster_id: "other".into(),
+            shards: 8,
+            replication_factor: 3,
+            members: vec![c.member(0)],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            code(&again),
+            tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument
+        ),
+        "{again}"
+    );
+
+    // A peer RPC meant for another identity is refused.
+    let mut peer = raftkv_proto_peer_client(&format!("http://127.0.0.1:{}", c.nodes[0].ports.peer)).await;
+    let wrong = peer
+        .raft(raftkv_proto::peer::RaftRequest {
+            target_node: 42,
+            group: 0,
+            kind: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::FailedPrecondition);
+    assert!(wrong.message().contains("meant for node 42"), "{}", wrong.message());
+
+    // Garbage bytes on every port: the connection fails, the node keeps serving.
+    for n in &c.nodes {
+        for port in [n.ports.client, n.ports.peer, n.ports.admin, n.ports.http] {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.write_all(b"\x16\x03\x01\x02\x00garbage\r\n\r\n\x00\xff\xfe not a protocol at all\n");
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+        }
+    }
+    for i in 0..3 {
+        assert!(c.nodes[i].is_running(), "node {i} died after garbage input");
+        let via = c.client_via(i);
+        via.put(format!("after-garbage/{i}").as_bytes(), b"ok", 0)
+            .await
+            .unwrap();
+        assert!(
+            via.get(format!("after-garbage/{i}").as_bytes(), Consistency::Linearizable, 0)
+                .await
+                .unwrap()
+                .found
+        );
+    }
+    let health = reqwest_get(&c.nodes[0].http_url("/readyz")).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+}
+
+async fn raftkv_proto_peer_client(ep: &str) -> raftkv_proto::peer::peer_client::PeerClient<tonic::transport::Channel> {
+    raftkv_proto::peer::peer_client::PeerClient::connect(ep.to_string())
+        .await
+        .expect("connect to peer port")
+}
+
+/// A minimal HTTP GET over a raw socket (no HTTP client dependency needed).
+async fn reqwest_get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap();
+    let mut s = std::net::TcpStream::connect(hostport).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+async fn digests(c: &Cluster, shard: u32) -> Vec<admin::ShardDigestResponse> {
+    let map = c.admin().cluster_map().await.unwrap();
+    let r = map.shards.iter().find(|s| s.shard == shard).unwrap();
+    let mut out = Vec::new();
+    for id in r.voters.iter().chain(r.learners.iter()) {
+        let ep = c.nodes[c.index_of(*id)].admin_ep();
+        let d = Admin::node(&ep)
+            .unwrap()
+            .shard_digest(admin::ShardDigestRequest { shard })
+            .await
+            .unwrap()
+            .into_inner();
+        out.push(d);
+    }
+    out
+}
+
+/// Waits until every replica of `shard` has the same digest at the same applied index.
+async fn assert_identical(c: &Cluster, shard: u32) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = digests(c, shard).await;
+        let same = d
+            .windows(2)
+            .all(|w| w[0].applied_index == w[1].applied_index && w[0].digest == w[1].digest);
+        if same && d.len() >= 3 {
+            assert!(d.iter().all(|x| x.key_count == d[0].key_count));
+            return;
+        }
+        assert!(Instant::now() < until, "replicas of shard {shard} still differ: {d:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn metric(c: &Cluster, i: usize, name: &str) -> f64 {
+    let body = reqwest_get(&c.nodes[i].http_url("/metrics")).await;
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_receives_replicas_by_snapshot_and_all_replicas_agree() {
+    // Small snapshot and log-retention settings so logs are compacted quickly.
+    let args = ["--snapshot-entries", "40", "--keep-entries", "5"];
+    let mut c = Cluster::start(3, &args).await;
+    c.bootstrap(8, 3).await;
+    let client = c.client();
+    for i in 0..600 {
+        client
+            .put(format!("snap/{i:04}").as_bytes(), format!("value-{i}").as_bytes(), 0)
+            .await
+            .unwrap();
+    }
+    c.wait_caught_up(Duration::from_secs(30)).await;
+    let n4 = c.add_node_process(&args).await;
+    let id4 = c.nodes[n4].id;
+    let a = c.admin();
+    let map = a.add_node(c.member(n4)).await.unwrap();
+    assert!(map.nodes.iter().any(|n| n.node_id == id4));
+    // Idempotent.
+    a.add_node(c.member(n4)).await.unwrap();
+
+    let mut moved = BTreeMap::new();
+    for shard in 0..3u32 {
+        let before = a.cluster_map().await.unwrap();
+        let voters = before.shards[shard as usize].voters.clone();
+        a.add_replica(shard, id4).await.unwrap();
+        a.add_replica(shard, id4).await.unwrap(); // idempotent
+        // Promote once caught up (refused until then).
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            match a.promote_replica(shard, id4).await {
+                Ok(s) => {
+                    assert!(s.voters.contains(&id4));
+                    break;
+                }
+                Err(e) if code(&e) == tonic::Code::FailedPrecondition && Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("promoting node {id4} in shard {shard}: {e}"),
+            }
+        }
+        // Remove one of the original voters that is not the leader.
+        let leaders = c.leaders().await;
+        let victim = *voters.iter().find(|v| Some(*v) != leaders.get(&shard)).unwrap();
+        let s = a.remove_replica(shard, victim).await.unwrap();
+        assert!(!s.voters.contains(&victim));
+        a.remove_replica(shard, victim).await.unwrap(); // idempotent
+        moved.insert(shard, victim);
+    }
+    let map = a.cluster_map().await.unwrap();
+    for (shard, victim) in &moved {
+        let r = &map.shards[*shard as usize];
+        assert!(
+            r.voters.contains(&id4) && !r.voters.contains(victim) && r.voters.len() == 3,
+            "{r:?}"
+        );
+    }
+    assert!(
+        metric(&c, n4, "raftkv_network_snapshot_receive_success_total").await >= 1.0,
+        "no replica arrived by snapshot"
+    );
+    for shard in 0..8 {
+        assert_identical(&c, shard).await;
+    }
+    // Every key is readable through the new node.
+    let via4 = c.client_via(n4);
+    for i in (0..600).step_by(37) {
+        let r = via4
+            .get(format!("snap/{i:04}").as_bytes(), Consistency::Linearizable, 0)
+            .await
+            .unwrap();
+        assert_eq!(r.value, format!("value-{i}").into_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_drain_and_an_unsafe_removal_is_refused() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.bootstrap(8, 3).await;
+    let a = c.admin();
+    // Transfer shard 0's leadership to each other node in turn.
+    let leaders = c.leaders().await;
+    let current = leaders[&0];
+    let target = c.nodes.iter().map(|n| n.id).find(|id| *id != current).unwrap();
+    let s = a.transfer_leader(0, target).await.unwrap();
+    assert_eq!(s.leader, target);
+    a.transfer_leader(0, target).await.unwrap(); // idempotent
+    assert_eq!(c.leaders().await[&0], target);
+
+    // Drain: the node gives up every leadership and keeps refusing it.
+    let d = c.index_of(target);
+    let mut admin_d = Admin::node(&c.nodes[d].admin_ep()).unwrap();
+    admin_d.drain_leaders(admin::DrainRequest {}).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.nodes[d].status().await.unwrap();
+        assert!(s.draining);
+        if !s.shards.iter().any(|x| x.role == "leader") {
+            break;
+        }
+        assert!(Instant::now() < until, "drained node still leads some shards");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        a.transfer_leader(1, target).await.is_err(),
+        "a draining node must refuse leadership"
+    );
+    c.client().put(b"while-draining", b"ok", 0).await.unwrap();
+    // The mark survives a restart.
+    c.nodes[d].kill9();
+    c.nodes[d].start();
+    assert!(c.nodes[d].wait_up(Duration::from_secs(30)).await.draining);
+    admin_d.undrain_leaders(admin::DrainRequest {}).await.unwrap();
+    assert!(!c.nodes[d].status().await.unwrap().draining);
+
+    // With one node down, removing a healthy voter would leave no caught-up quorum.
+    c.wait_all_leaders(Duration::from_secs(30)).await;
+    let down = (d + 1) % 3;
+    let down_id = c.nodes[down].id;
+    c.nodes[down].kill9();
+    c.wait_all_leaders(Duration::from_secs(30)).await;
+    let healthy = c.nodes.iter().map(|n| n.id).find(|id| *id != down_id).unwrap();
+    let refused = a.remove_replica(2, healthy).await.unwrap_err();
+    assert_eq!(code(&refused), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(refused.to_string().contains("quorum"), "{refused}");
+    // Removing the dead replica is safe.
+    let s = a.remove_replica(2, down_id).await.unwrap();
+    assert_eq!(s.voters.len(), 2);
+    assert!(!a.cluster_map().await.unwrap().shards[2].voters.contains(&down_id));
+}

@@ -1,0 +1,92 @@
+//! The `kvctl` contract against a real cluster: raw value on stdout, exit 1
+//! and "not found" on stderr for a missing key, `--output json` everywhere,
+//! non-zero exit on any error.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use support::Cluster;
+
+fn kvctl_binary() -> PathBuf {
+    // Built with the node by `cargo build --workspace` (what `make test` runs first).
+    support::node_binary().with_file_name("kvctl")
+}
+
+fn kvctl(c: &Cluster, args: &[&str]) -> Output {
+    let bin = kvctl_binary();
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make build` (cargo build --workspace)",
+        bin.display()
+    );
+    Command::new(bin)
+        .arg("--endpoints")
+        .arg(c.client_eps().join(","))
+        .args(args)
+        .output()
+        .expect("run kvctl")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvctl_follows_its_output_contract() {
+    let c = {
+        let mut c = Cluster::start(3, &[]).await;
+        c.bootstrap(4, 3).await;
+        c
+    };
+    let run = |args: &[&str]| tokio::task::block_in_place(|| kvctl(&c, args));
+
+    let put = run(&["put", "user:1", "{\"name\":\"ada\"}"]);
+    assert!(put.status.success(), "{put:?}");
+    let get = run(&["get", "user:1"]);
+    assert_eq!(get.status.code(), Some(0));
+    assert_eq!(stdout(&get), "{\"name\":\"ada\"}", "get prints the raw value");
+
+    let missing = run(&["get", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(missing.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&missing.stderr).trim(), "not found");
+
+    let json = run(&["--output", "json", "get", "user:1"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON output");
+    assert_eq!(v["found"], true);
+    assert!(v["version"].as_u64().unwrap() > 0);
+
+    let scan = run(&["-o", "json", "scan", "--prefix", "user:"]);
+    let v: serde_json::Value = serde_json::from_slice(&scan.stdout).expect("JSON output");
+    assert_eq!(v.as_array().unwrap().len(), 1);
+
+    let cas_fail = run(&["cas", "user:1", "x", "--expect-absent"]);
+    assert_eq!(
+        cas_fail.status.code(),
+        Some(2),
+        "a failed compare-and-set exits non-zero"
+    );
+
+    let status = run(&["-o", "json", "cluster", "status"]);
+    assert!(status.status.success(), "{status:?}");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON output");
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+
+    let bad = run(&["put", "", "v"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("key must not be empty"),
+        "{bad:?}"
+    );
+
+    let unreachable = tokio::task::block_in_place(|| {
+        Command::new(kvctl_binary())
+            .args(["--endpoints", "127.0.0.1:1", "get", "k"])
+            .output()
+            .unwrap()
+    });
+    assert!(!unreachable.status.success());
+    assert_ne!(unreachable.status.code(), Some(1), "an error is not 'not found'");
+}
