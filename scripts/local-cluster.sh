@@ -66,7 +66,8 @@ up() {
   local ceps
   ceps=$(IFS=,; echo "${clients[*]}")
   for _ in $(seq 1 100); do
-    "$bin/kvctl" --endpoints "$ceps" get __probe__ >/dev/null 2>&1; rc=$?
+    rc=0
+    "$bin/kvctl" --endpoints "$ceps" get __probe__ >/dev/null 2>&1 || rc=$?
     [ $rc -eq 1 ] && break   # "not found" means every hop worked
     sleep 0.2
   done

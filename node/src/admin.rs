@@ -565,11 +565,14 @@ impl Admin for AdminService {
             if voters.contains(&req.node_id) {
                 safety::check_remove_voter(&voters, &self.healthy_voters(&group), req.node_id).map_err(refused)?;
             }
-            group
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([req.node_id])), false)
-                .await
-                .map_err(raft_err)?;
+            let gone = BTreeSet::from([req.node_id]);
+            // retain = false: a removed voter does not stay behind as a learner.
+            let change = if voters.contains(&req.node_id) {
+                ChangeMembers::RemoveVoters(gone)
+            } else {
+                ChangeMembers::RemoveNodes(gone)
+            };
+            group.raft.change_membership(change, false).await.map_err(raft_err)?;
             tracing::info!(shard = req.shard, node = req.node_id, "removed replica from membership");
         }
         // The leader may have been the one removed: record from whoever leads now.

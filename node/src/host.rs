@@ -91,7 +91,8 @@ impl Host {
             election_timeout_max: config.election_timeout_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_entries),
             max_in_snapshot_log_to_keep: config.keep_entries,
-            purge_batch_size: 256,
+            // Compact as soon as entries fall behind the retention window (deletes are range tombstones).
+            purge_batch_size: 1,
             ..Default::default()
         }
         .validate()?;

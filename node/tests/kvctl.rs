@@ -21,9 +21,12 @@ fn kvctl(c: &Cluster, args: &[&str]) -> Output {
         "{} is missing: run `make build` (cargo build --workspace)",
         bin.display()
     );
+    let admins: Vec<String> = c.nodes.iter().map(|n| n.admin_ep()).collect();
     Command::new(bin)
         .arg("--endpoints")
         .arg(c.client_eps().join(","))
+        .arg("--admin-endpoints")
+        .arg(admins.join(","))
         .args(args)
         .output()
         .expect("run kvctl")
@@ -70,7 +73,8 @@ async fn kvctl_follows_its_output_contract() {
     );
 
     let status = run(&["-o", "json", "cluster", "status"]);
-    assert!(status.status.success(), "{status:?}");
+    let admins: Vec<String> = c.nodes.iter().map(|n| n.admin_ep()).collect();
+    assert!(status.status.success(), "admin endpoints {admins:?}: {status:?}");
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON output");
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
 
