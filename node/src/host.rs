@@ -469,10 +469,10 @@ impl Host {
                     .max_by_key(|(_, matched)| matched.as_ref().map_or(0, |l| l.index))
                     .map(|(id, _)| *id)
             });
-            if let Some(to) = best {
-                if let Err(e) = g.raft.trigger().transfer_leader(to).await {
-                    tracing::warn!(group = %g.id, to, error = %e, "leader transfer failed");
-                }
+            if let Some(to) = best
+                && let Err(e) = g.raft.trigger().transfer_leader(to).await
+            {
+                tracing::warn!(group = %g.id, to, error = %e, "leader transfer failed");
             }
         }
         still

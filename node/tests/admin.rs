@@ -344,3 +344,70 @@ async fn transfer_drain_and_an_unsafe_removal_is_refused() {
     assert_eq!(s.voters.len(), 2);
     assert!(!a.cluster_map().await.unwrap().shards[2].voters.contains(&down_id));
 }
+
+fn free_mb(path: &std::path::Path) -> u64 {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    st.blocks_available() as u64 * st.fragment_size() as u64 / (1 << 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
+    // The nodes' threshold sits 512 MiB under the file system's free space
+    // now; a 1 GiB file then takes the free space below it.
+    let probe = tempfile::Builder::new().prefix("raftkv-diskfull-").tempdir().unwrap();
+    let free = free_mb(probe.path());
+    assert!(
+        free > 4096,
+        "this test needs 4 GiB free in the temp dir, {free} MiB available"
+    );
+    let threshold = (free - 512).to_string();
+    let mut c = Cluster::start(3, &["--min-free-mb", &threshold]).await;
+    c.bootstrap(4, 3).await;
+    let client = c.client();
+    client.put(b"before", b"1", 0).await.unwrap();
+
+    let filler_path = c.root.path().join("filler");
+    let filler = std::fs::File::create(&filler_path).unwrap();
+    nix::fcntl::posix_fallocate(&filler, 0, 1 << 30).expect("allocate 1 GiB");
+    let until = Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        match client.put(b"during", b"2", 0).await {
+            Err(e) if code(&e) == tonic::Code::ResourceExhausted => break e,
+            other => {
+                assert!(
+                    Instant::now() < until,
+                    "writes still accepted on a full disk: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(refusal.to_string().contains("disk full"), "{refusal}");
+    assert_eq!(metric(&c, 0, "raftkv_disk_full").await, 1.0);
+    // Reads are still served, and the refused write left nothing behind.
+    assert_eq!(
+        client.get(b"before", Consistency::Linearizable, 0).await.unwrap().value,
+        b"1"
+    );
+    assert!(!client.get(b"during", Consistency::Linearizable, 0).await.unwrap().found);
+
+    drop(filler);
+    std::fs::remove_file(&filler_path).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.put(b"after", b"3", 0).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(
+                    Instant::now() < until,
+                    "writes not accepted again after space returned: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(metric(&c, 0, "raftkv_disk_full").await, 0.0);
+    for i in 0..3 {
+        assert!(c.nodes[i].is_running());
+    }
+}

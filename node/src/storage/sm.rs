@@ -80,7 +80,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = PreparedSnapshot;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
-        Ok((self.applied.clone(), self.membership.clone()))
+        Ok((self.applied, self.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -96,11 +96,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            self.applied = Some(entry.log_id.clone());
+            self.applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => Response::Empty,
                 EntryPayload::Membership(m) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id.clone()), m);
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::Empty
                 }
                 EntryPayload::Normal(req) => match self.group {
@@ -155,7 +155,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.put_cf(
             self.engine.cf(CF_STATE),
             keys::state_key(self.group, tag::APPLIED),
-            encode(&(self.applied.clone(), self.membership.clone())),
+            encode(&(self.applied, self.membership.clone())),
         );
         self.engine.write(batch)?;
         if map_changed {
@@ -175,7 +175,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Built here, inside the state machine's task, so no apply can run
         // between reading the applied id and reading the data.
         let meta = SnapshotMeta {
-            last_log_id: self.applied.clone(),
+            last_log_id: self.applied,
             last_membership: self.membership.clone(),
         };
         PreparedSnapshot {
@@ -185,7 +185,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: SnapshotFile) -> io::Result<()> {
         snapshot::install(&self.engine, self.group, meta, &data).await?;
-        self.applied = meta.last_log_id.clone();
+        self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.publish_map()
     }
@@ -207,6 +207,9 @@ impl RaftSnapshotBuilder<TypeConfig> for PreparedSnapshot {
         std::mem::replace(&mut self.result, Err(io::Error::other("snapshot already taken")))
     }
 }
+
+/// Records of a scan: each user key with its stored record.
+pub type ScanItems = Vec<(Vec<u8>, ValueRecord)>;
 
 /// Reads a group's applied state directly from RocksDB, for the read paths
 /// (after openraft has confirmed the read index) and for digests.
@@ -250,7 +253,7 @@ impl ReadView {
     }
 
     /// Up to `limit` live records in `range`, in key order, and whether more remain.
-    pub fn scan(&self, range: &KeyRange, limit: usize, now_ms: u64) -> io::Result<(Vec<(Vec<u8>, ValueRecord)>, bool)> {
+    pub fn scan(&self, range: &KeyRange, limit: usize, now_ms: u64) -> io::Result<(ScanItems, bool)> {
         let (_, group_end) = keys::group_range(self.group);
         let upper = match &range.end {
             Some(e) => keys::data_key(self.group, e),

@@ -158,7 +158,7 @@ pub(crate) fn finish_install(engine: &Engine, group: GroupId, record: &[u8]) -> 
     b.put_cf(
         state,
         keys::state_key(group, tag::APPLIED),
-        encode(&(r.meta.last_log_id.clone(), r.meta.last_membership.clone())),
+        encode(&(r.meta.last_log_id, r.meta.last_membership.clone())),
     );
     b.put_cf(state, keys::state_key(group, tag::SNAPSHOT_META), record);
     b.delete_cf(state, keys::state_key(group, tag::PENDING_INSTALL));

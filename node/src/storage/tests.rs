@@ -95,7 +95,7 @@ async fn appends_are_acknowledged_only_after_a_counted_wal_sync() {
     );
     assert_eq!(engine.audit_violations(), 0);
     let syncs = engine.wal_syncs();
-    assert!(syncs >= 1 && syncs <= 400, "400 appends took {syncs} fsyncs");
+    assert!((1..=400).contains(&syncs), "400 appends took {syncs} fsyncs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

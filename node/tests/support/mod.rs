@@ -81,9 +81,13 @@ impl Node {
                 "--election-timeout-ms",
                 "600",
                 "--audit-durability",
-                "--min-free-mb",
-                "1",
             ])
+            // A test may set its own free-space threshold; clap refuses a flag given twice.
+            .args(if self.extra_args.iter().any(|a| a == "--min-free-mb") {
+                &[][..]
+            } else {
+                &["--min-free-mb", "1"][..]
+            })
             .args(&self.extra_args)
             .env("RAFTKV_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
