@@ -370,9 +370,13 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
     let filler = std::fs::File::create(&filler_path).unwrap();
     nix::fcntl::posix_fallocate(&filler, 0, 1 << 30).expect("allocate 1 GiB");
     let until = Instant::now() + Duration::from_secs(20);
-    let refusal = loop {
-        match client.put(b"during", b"2", 0).await {
-            Err(e) if code(&e) == tonic::Code::ResourceExhausted => break e,
+    let mut attempt = 0;
+    let (refused_key, refusal) = loop {
+        // A fresh key each time: attempts before the node notices the full disk succeed.
+        attempt += 1;
+        let key = format!("during/{attempt}");
+        match client.put(key.as_bytes(), b"2", 0).await {
+            Err(e) if code(&e) == tonic::Code::ResourceExhausted => break (key, e),
             other => {
                 assert!(
                     Instant::now() < until,
@@ -389,7 +393,13 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
         client.get(b"before", Consistency::Linearizable, 0).await.unwrap().value,
         b"1"
     );
-    assert!(!client.get(b"during", Consistency::Linearizable, 0).await.unwrap().found);
+    assert!(
+        !client
+            .get(refused_key.as_bytes(), Consistency::Linearizable, 0)
+            .await
+            .unwrap()
+            .found
+    );
 
     drop(filler);
     std::fs::remove_file(&filler_path).unwrap();
