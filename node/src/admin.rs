@@ -28,6 +28,12 @@ const PROMOTE_MAX_LAG: u64 = 1000;
 /// A voter whose matched index is this close to the leader's counts as caught up.
 const HEALTHY_MAX_LAG: u64 = 1000;
 const META_DEADLINE: Duration = Duration::from_secs(30);
+/// A voter counts as healthy only if it acknowledged the leader this recently
+/// (ten default heartbeats): a node that just died must not count toward the
+/// quorum a removal leaves behind.
+const HEALTHY_ACK_WITHIN: Duration = Duration::from_secs(1);
+/// How long a membership change may take to commit before the call gives up.
+const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct AdminService {
     pub host: Arc<Host>,
@@ -204,7 +210,7 @@ impl AdminService {
             m.heartbeat
                 .as_ref()
                 .and_then(|h| h.get(id).cloned().flatten())
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+                .is_some_and(|t| t.elapsed() < HEALTHY_ACK_WITHIN)
         };
         voters
             .into_iter()
@@ -246,6 +252,19 @@ fn hop<T>(m: T) -> Request<T> {
 
 fn is_forwarded<T>(r: &Request<T>) -> bool {
     r.metadata().get(HOP).is_some()
+}
+
+/// A membership change (never retaining removed voters as learners), bounded
+/// in time so a change that cannot commit does not hang the admin call.
+async fn change_membership(group: &Group, change: ChangeMembers<NodeId, EmptyNode>) -> Result<(), Status> {
+    match tokio::time::timeout(MEMBERSHIP_DEADLINE, group.raft.change_membership(change, false)).await {
+        Ok(r) => r.map(|_| ()).map_err(raft_err),
+        Err(_) => Err(NodeError::Timeout(format!(
+            "membership change of shard {} did not commit within {MEMBERSHIP_DEADLINE:?}; check that its voters are up",
+            group.id
+        ))
+        .into()),
+    }
 }
 
 fn raft_err(e: impl std::fmt::Display) -> Status {
@@ -427,10 +446,7 @@ impl Admin for AdminService {
                 .learner_ids()
                 .any(|l| l == id)
         {
-            meta.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(raft_err)?;
+            change_membership(&meta, ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
         }
         let map = self
             .update_map(|m| {
@@ -531,11 +547,7 @@ impl Admin for AdminService {
                 .map(|l| l.index);
             safety::check_promote(req.node_id, m.last_log_index.unwrap_or(0), matched, PROMOTE_MAX_LAG)
                 .map_err(refused)?;
-            group
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id])), false)
-                .await
-                .map_err(raft_err)?;
+            change_membership(&group, ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]))).await?;
             tracing::info!(shard = req.shard, node = req.node_id, "promoted to voter");
         }
         self.record_replicas(req.shard, &group).await?;
@@ -572,7 +584,7 @@ impl Admin for AdminService {
             } else {
                 ChangeMembers::RemoveNodes(gone)
             };
-            group.raft.change_membership(change, false).await.map_err(raft_err)?;
+            change_membership(&group, change).await?;
             tracing::info!(shard = req.shard, node = req.node_id, "removed replica from membership");
         }
         // The leader may have been the one removed: record from whoever leads now.
