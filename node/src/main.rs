@@ -33,6 +33,9 @@ fn main() -> ExitCode {
         });
         raftkv_node::run(config, stop).await
     });
+    // Drop every task (and with them the last handles on the storage engine)
+    // before returning: RocksDB must close before the process exits.
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -46,9 +46,25 @@ pub(crate) struct Audit {
 }
 
 pub(crate) struct Syncer {
-    tx: std::sync::Mutex<mpsc::Sender<Waiter>>,
+    /// Taken on drop, which ends the thread.
+    tx: std::sync::Mutex<Option<mpsc::Sender<Waiter>>>,
+    /// Joined on drop, so the thread's handle on the DB is gone before the DB
+    /// closes: RocksDB aborts the process if it is torn down under a live user.
+    thread: Option<std::thread::JoinHandle<()>>,
     /// fsyncs done, for metrics and tests.
     pub(crate) syncs: Arc<AtomicU64>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.tx
+            .lock()
+            .expect("syncer sender lock is never poisoned: no code panics holding it")
+            .take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 pub(crate) type SyncObserver = Box<dyn Fn(std::time::Duration, usize) + Send + Sync>;
@@ -58,7 +74,7 @@ impl Syncer {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let syncs = Arc::new(AtomicU64::new(0));
         let counter = syncs.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raftkv-wal-sync".into())
             .spawn(move || {
                 // Ends when every sender is gone (the engine was dropped).
@@ -89,7 +105,8 @@ impl Syncer {
             })
             .expect("spawning the WAL sync thread");
         Syncer {
-            tx: std::sync::Mutex::new(tx),
+            tx: std::sync::Mutex::new(Some(tx)),
+            thread: Some(thread),
             syncs,
         }
     }
@@ -101,7 +118,11 @@ impl Syncer {
             .tx
             .lock()
             .expect("syncer sender lock is never poisoned: no code panics holding it");
-        if let Err(mpsc::SendError(w)) = tx.send(waiter) {
+        let unsent = match tx.as_ref() {
+            Some(tx) => tx.send(waiter).err().map(|mpsc::SendError(w)| w),
+            None => Some(waiter),
+        };
+        if let Some(w) = unsent {
             w.complete(&Err(io::Error::other("WAL sync thread has stopped")));
         }
     }

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -340,6 +340,15 @@ impl Cluster {
     }
 }
 
-pub fn node_log_dir(c: &Cluster) -> &Path {
-    c.root.path()
+impl Drop for Cluster {
+    /// A failed test keeps its data and logs, and prints each node's log tail.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, n) in self.nodes.iter().enumerate() {
+                eprintln!("---- node {i} ({}) log tail:\n{}", n.id, n.log_tail());
+            }
+            let dir = std::mem::replace(&mut self.root, tempfile::tempdir().expect("temp dir")).keep();
+            eprintln!("---- test cluster kept in {}", dir.display());
+        }
+    }
 }
