@@ -264,9 +264,13 @@ start_component() {
 }
 
 wait_healthy() {
-	local c="$1" deadline=$((SECONDS + START_TIMEOUT))
+	local c="$1" deadline=$((SECONDS + START_TIMEOUT)) pid
+	pid="$(<"$(pidfile "$c")")"
 	until "healthy_$c"; do
-		if ! component_pid "$c" >/dev/null; then
+		# Exited means gone or a zombie. Right after the fork the process may not
+		# have exec'd the component yet (its argv is still this script's), so
+		# "not ours yet" is no reason to give up.
+		if ! kill -0 "$pid" 2>/dev/null || [[ "$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" == Z ]]; then
 			log "$c exited; last lines of $STATE/logs/$c.log:"
 			tail -n 20 "$STATE/logs/$c.log" >&2
 			return 1
