@@ -435,7 +435,8 @@ impl Admin for AdminService {
         if !map.nodes.contains_key(&id) {
             return Ok(Response::new((&*map).into()));
         }
-        let next = map.without_node(id).map_err(refused)?;
+        // Refuse early (before leaving the metadata group) if the node still hosts replicas.
+        map.without_node(id).map_err(refused)?;
         // Leave the metadata group (as a learner) first, then the map.
         if let Some(meta) = self.host.group(GroupId::Meta)
             && meta.metrics().state == ServerState::Leader
@@ -457,7 +458,6 @@ impl Admin for AdminService {
                 }
             })
             .await?;
-        let _ = next;
         Ok(Response::new((&map).into()))
     }
 
