@@ -74,6 +74,16 @@ impl KvService {
         Ok(())
     }
 
+    /// The checks every keyed request passes before it is routed; returns its shard.
+    fn admit(&self, key: &[u8], write: bool) -> Result<ShardId, NodeError> {
+        self.check_serving()?;
+        if write {
+            self.check_writable()?;
+        }
+        limits::check_key(key)?;
+        Ok(self.host.shard_of(key)?.0)
+    }
+
     fn check_writable(&self) -> Result<(), NodeError> {
         if self.host.disk_full.load(Ordering::SeqCst) {
             return Err(NodeError::DiskFull);
@@ -410,86 +420,69 @@ fn is_forwarded<T>(r: &Request<T>) -> bool {
     r.metadata().get(HOP).is_some()
 }
 
-fn observe<T>(op: &str, started: Instant, r: &Result<T, Status>) {
+/// Runs a request handler, recording its latency and outcome.
+async fn timed<T>(op: &str, handler: impl Future<Output = Result<T, Status>>) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let result = handler.await;
     METRICS.request(
         op,
-        r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        result.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok),
         started.elapsed(),
     );
+    result.map(Response::new)
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<kv::PutRequest>) -> Result<Response<kv::PutResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
         let r = request.into_inner();
-        let result = async {
-            self.check_serving()?;
-            self.check_writable()?;
-            limits::check_key(&r.key).map_err(NodeError::from)?;
+        timed("put", async {
             limits::check_value(&r.value).map_err(NodeError::from)?;
             ttl_ms(r.ttl_seconds)?;
-            let (shard, _) = self.host.shard_of(&r.key)?;
+            let shard = self.admit(&r.key, true)?;
             match self.on_leader(shard, Op::Put(r), forwarded).await? {
                 Reply::Put(p) => Ok(p),
                 _ => unreachable!("a put op answers with a put reply"),
             }
-        }
-        .await;
-        observe("put", started, &result);
-        result.map(Response::new)
+        })
+        .await
     }
 
     async fn get(&self, request: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
         let r = request.into_inner();
-        let result = async {
-            self.check_serving()?;
-            limits::check_key(&r.key).map_err(NodeError::from)?;
-            let (shard, _) = self.host.shard_of(&r.key)?;
+        timed("get", async {
+            let shard = self.admit(&r.key, false)?;
             let c = r.consistency();
             match self.read(shard, Op::Get(r), forwarded, c).await? {
                 Reply::Get(g) => Ok(g),
                 _ => unreachable!("a get op answers with a get reply"),
             }
-        }
-        .await;
-        observe("get", started, &result);
-        result.map(Response::new)
+        })
+        .await
     }
 
     async fn delete(&self, request: Request<kv::DeleteRequest>) -> Result<Response<kv::DeleteResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
         let r = request.into_inner();
-        let result = async {
-            self.check_serving()?;
-            self.check_writable()?;
-            limits::check_key(&r.key).map_err(NodeError::from)?;
-            let (shard, _) = self.host.shard_of(&r.key)?;
+        timed("delete", async {
+            let shard = self.admit(&r.key, true)?;
             match self.on_leader(shard, Op::Delete(r), forwarded).await? {
                 Reply::Delete(d) => Ok(d),
                 _ => unreachable!("a delete op answers with a delete reply"),
             }
-        }
-        .await;
-        observe("delete", started, &result);
-        result.map(Response::new)
+        })
+        .await
     }
 
     async fn compare_and_set(
         &self,
         request: Request<kv::CompareAndSetRequest>,
     ) -> Result<Response<kv::CompareAndSetResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
         let r = request.into_inner();
-        let result = async {
-            self.check_serving()?;
-            self.check_writable()?;
-            limits::check_key(&r.key).map_err(NodeError::from)?;
+        timed("cas", async {
             limits::check_value(&r.value).map_err(NodeError::from)?;
             ttl_ms(r.ttl_seconds)?;
             if r.expected.is_none() {
@@ -497,22 +490,19 @@ impl Kv for KvService {
                     NodeError::BadRequest("compare-and-set needs expected_version or expected_absent".into()).into(),
                 );
             }
-            let (shard, _) = self.host.shard_of(&r.key)?;
+            let shard = self.admit(&r.key, true)?;
             match self.on_leader(shard, Op::Cas(r), forwarded).await? {
                 Reply::Cas(c) => Ok(c),
                 _ => unreachable!("a cas op answers with a cas reply"),
             }
-        }
-        .await;
-        observe("cas", started, &result);
-        result.map(Response::new)
+        })
+        .await
     }
 
     async fn scan(&self, request: Request<kv::ScanRequest>) -> Result<Response<kv::ScanResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
         let r = request.into_inner();
-        let result = async {
+        timed("scan", async {
             self.check_serving()?;
             match r.only_shard {
                 Some(s) => {
@@ -532,9 +522,7 @@ impl Kv for KvService {
                 }
                 None => self.scan_all(r).await,
             }
-        }
-        .await;
-        observe("scan", started, &result);
-        result.map(Response::new)
+        })
+        .await
     }
 }
