@@ -46,6 +46,18 @@ impl Group {
         use openraft::async_runtime::WatchReceiver;
         self.raft.metrics().borrow_watched().clone()
     }
+
+    /// The leader this replica knows of, without cloning the whole metrics.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// The last log index applied here, without cloning the whole metrics.
+    pub fn applied_index(&self) -> u64 {
+        use openraft::async_runtime::WatchReceiver;
+        self.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index)
+    }
 }
 
 pub struct Host {
@@ -306,7 +318,7 @@ impl Host {
     pub fn leader_of(&self, g: GroupId, avoid: &[NodeId]) -> Result<Option<NodeId>, NodeError> {
         let ok = |n: &NodeId| !avoid.contains(n);
         if let Some(group) = self.group(g)
-            && let Some(l) = group.metrics().current_leader.filter(ok)
+            && let Some(l) = group.current_leader().filter(ok)
         {
             return Ok(Some(l));
         }

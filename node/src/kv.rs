@@ -293,8 +293,7 @@ impl KvService {
                 }
             }
             Consistency::Stale => {
-                let m = group.metrics();
-                if m.current_leader != Some(self.host.id) {
+                if group.current_leader() != Some(self.host.id) {
                     staleness_ms = group
                         .leader_contact
                         .lock()
@@ -309,7 +308,7 @@ impl KvService {
                 }
             }
         }
-        let applied_index = group.metrics().last_applied.map_or(0, |l| l.index);
+        let applied_index = group.applied_index();
         Ok(kv::ReadInfo {
             consistency: c as i32,
             served_by: self.host.id,
