@@ -13,6 +13,7 @@ export RAFTKV_BIN_DIR ?= $(CARGO_TARGET_DIR)/debug
 N ?= 3
 
 -include mk/k8s.mk
+-include mk/operator.mk
 
 .PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench
 
