@@ -14,6 +14,7 @@ N ?= 3
 
 -include mk/k8s.mk
 -include mk/operator.mk
+-include mk/kind.mk
 
 .PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench
 
@@ -26,7 +27,7 @@ deps:
 build: deps
 	cargo build --workspace --all-targets
 
-lint: deps
+lint: deps check-kind
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
