@@ -118,6 +118,11 @@ fn error_policy(kvc: Arc<KVCluster>, error: &Error, ctx: Arc<Context>) -> Requeu
         tracing::warn!(cluster = %kvc.name_any(), %error, "reconcile failed; waiting for a spec change");
         return Requeue::requeue(Duration::from_secs(300));
     }
+    if matches!(error, Error::Refused { .. }) {
+        // A node's safety gate said "not yet" (e.g. a learner still catching up): ask again soon, without backoff.
+        tracing::info!(cluster = %kvc.name_any(), %error, "step refused by the node; retrying");
+        return Requeue::requeue(WAIT_REQUEUE);
+    }
     let n = {
         let mut f = ctx.failures.lock().expect("failure map lock is never poisoned");
         let n = f.entry(ObjectRef::from(kvc.as_ref())).or_insert(0);

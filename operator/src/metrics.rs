@@ -85,3 +85,44 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics, shutdown: CancellationTok
     });
     Ok(bound)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_health() {
+        let m = Metrics::new();
+        m.reconciles.inc();
+        m.errors.with_label_values(&["node"]).inc();
+        m.duration.observe(0.2);
+        let stop = CancellationToken::new();
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), m, stop.clone())
+            .await
+            .expect("serve");
+        let body = get(addr, "/metrics").await;
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("raftkv_operator_reconciles_total 1"), "{body}");
+        assert!(
+            body.contains("raftkv_operator_reconcile_errors_total{reason=\"node\"} 1"),
+            "{body}"
+        );
+        assert!(
+            body.contains("raftkv_operator_reconcile_duration_seconds_count 1"),
+            "{body}"
+        );
+        assert!(get(addr, "/healthz").await.ends_with("ok"));
+        stop.cancel();
+    }
+}

@@ -368,7 +368,8 @@ fn member(i: &NodeInfo) -> Member {
 fn lost_ids<'a>(map: &'a crate::model::MapObs, p: &'a PodObs, i: &'a NodeInfo) -> impl Iterator<Item = u64> + 'a {
     map.nodes
         .iter()
-        .filter(move |(id, a)| **id != i.node_id && (a.host == p.host || a.host == i.member.host))
+        // The full advertised address, not just the host: nodes outside Kubernetes may share a host.
+        .filter(move |(id, a)| **id != i.node_id && (a.host == p.host || **a == i.member))
         .map(|(id, _)| *id)
 }
 

@@ -682,3 +682,26 @@ mod status {
         assert_eq!(s.members[2].version.as_deref(), Some("0.2.0"));
     }
 }
+
+#[test]
+fn nodes_sharing_a_host_are_told_apart_by_port() {
+    // Outside Kubernetes (loopback) every node advertises 127.0.0.1 on its own ports.
+    let mut o = healthy();
+    let map = o.map.as_mut().expect("map");
+    for (id, a) in map.nodes.iter_mut() {
+        a.host = "127.0.0.1".into();
+        a.peer_port = 3000 + *id as u16;
+    }
+    for (n, p) in o.pods.iter_mut().enumerate() {
+        let i = info_mut(p);
+        i.member.host = "127.0.0.1".into();
+        i.member.peer_port = 3000 + n as u16 + 1;
+    }
+    assert_eq!(plan(&o).action, Action::Idle);
+    // Pod 1 lost its volume: same address, new id.
+    let mut lost = o.clone();
+    let mut fresh = unjoined(1, 9);
+    info_mut(&mut fresh).member = info_mut(&mut lost.pods[1]).member.clone();
+    lost.pods[1] = fresh;
+    assert!(matches!(step(&lost), Step::AddNode { member, .. } if member.node_id == 9));
+}
