@@ -202,9 +202,21 @@ pub fn build(
     };
     conditions.push(condition(PROGRESSING, progressing, p_reason, p_msg, generation));
 
-    let degraded = bootstrapped && (!healthy || !unreachable.is_empty());
+    // Metadata voters are fixed at bootstrap and the nodes cannot replace one yet, so a lost
+    // one (a volume lost) stays in the map: say so rather than report a healthy cluster.
+    let live = o.live_nodes();
+    let lost_meta: Vec<u64> = o.map.as_ref().map_or_else(Vec::new, |m| {
+        m.meta_voters.iter().copied().filter(|v| !live.contains(v)).collect()
+    });
+    let degraded = bootstrapped && (!healthy || !unreachable.is_empty() || !lost_meta.is_empty());
     let d_msg = if !unreachable.is_empty() {
         format!("nodes not answering: {}", unreachable.join(", "))
+    } else if !lost_meta.is_empty() {
+        let total = o.map.as_ref().map_or(0, |m| m.meta_voters.len());
+        format!(
+            "metadata voters {lost_meta:?} do not answer (the metadata group runs on {} of {total} voters; replacing a metadata voter is not supported by the nodes yet)",
+            total - lost_meta.len()
+        )
     } else if degraded {
         conditions[0].message.clone()
     } else {
@@ -212,6 +224,8 @@ pub fn build(
     };
     let d_reason = if !unreachable.is_empty() {
         "NodesUnreachable"
+    } else if !lost_meta.is_empty() {
+        "MetadataVoterLost"
     } else if degraded {
         available_reason
     } else {

@@ -208,6 +208,13 @@ async fn bootstraps_real_nodes_and_replaces_a_node_that_lost_its_volume() -> any
     )
     .await?;
     let new_id = k.status.as_ref().and_then(|s| s.members[1].node_id).expect("new id");
+    // The lost node was a metadata voter, which the nodes cannot replace: status says so.
+    let degraded = k
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    assert_eq!(degraded, Some(("True".into(), "MetadataVoterLost".into())));
     let map = admin.cluster_map().await?;
     for s in &map.shards {
         assert!(

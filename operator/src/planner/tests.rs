@@ -617,7 +617,7 @@ mod status {
         assert_eq!(cond(&s, "Available").status, "False");
         assert_eq!(cond(&s, "Available").reason, "ShardsUnderReplicated");
         assert_eq!(cond(&s, "Progressing").reason, "ReplacingMember");
-        let op = s.operation.expect("operation");
+        let op = s.operation.clone().expect("operation");
         assert_eq!(op.target, "kv-1");
         assert_eq!(
             op.started_at, "t0",
@@ -625,6 +625,13 @@ mod status {
         );
         assert_eq!(op.phase, "AddReplica(shard 0, node 9)");
         assert_ne!(op.last_progress_at, "t0", "a new phase is progress");
+        let d = cond(&s, "Degraded");
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "MetadataVoterLost"));
+        assert!(
+            d.message.contains("[2]") && d.message.contains("2 of 3"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]
