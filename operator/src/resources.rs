@@ -297,3 +297,113 @@ pub fn pod_disruption_budget(kvc: &KVCluster) -> PodDisruptionBudget {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kvc(extra: serde_json::Value) -> KVCluster {
+        let mut spec = serde_json::json!({
+            "replicas": 3, "shards": 8, "version": "0.3.0",
+            "storage": {"size": "5Gi", "storageClassName": "fast"}
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        let mut k: KVCluster = serde_json::from_value(serde_json::json!({
+            "apiVersion": "raftkv.io/v1alpha1", "kind": "KVCluster",
+            "metadata": {"name": "db", "namespace": "prod", "uid": "u-1"},
+            "spec": spec,
+        }))
+        .expect("valid KVCluster");
+        k.metadata.uid = Some("u-1".into());
+        k
+    }
+
+    fn env_value(sts: &StatefulSet, name: &str) -> Option<String> {
+        sts.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .clone()
+    }
+
+    #[test]
+    fn statefulset_carries_the_spec() {
+        let k = kvc(serde_json::json!({
+            "image": "registry.local/kv",
+            "podLabels": {"team": "a", "app.kubernetes.io/name": "mine"},
+            "terminationGracePeriodSeconds": 60,
+            "logLevel": "debug",
+            "imagePullPolicy": "IfNotPresent",
+            "priorityClassName": "db"
+        }));
+        let sts = statefulset(&k, 5, "example.org");
+        let spec = sts.spec.as_ref().expect("spec");
+        assert_eq!(spec.replicas, Some(5), "the planner decides the count");
+        let pod = spec.template.spec.as_ref().expect("pod spec");
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.local/kv:0.3.0"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(pod.termination_grace_period_seconds, Some(60));
+        assert_eq!(pod.priority_class_name.as_deref(), Some("db"));
+        assert_eq!(env_value(&sts, "RAFTKV_SHUTDOWN_GRACE_SECONDS").as_deref(), Some("55"));
+        assert_eq!(env_value(&sts, "RAFTKV_LOG").as_deref(), Some("debug"));
+        assert_eq!(
+            env_value(&sts, "RAFTKV_ADVERTISE_HOST").as_deref(),
+            Some("$(POD_NAME).db-nodes.$(POD_NAMESPACE).svc.example.org")
+        );
+        let labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+        assert_eq!(
+            labels.get("app.kubernetes.io/name").map(String::as_str),
+            Some("raftkv"),
+            "the selector labels win"
+        );
+        let claim = &spec.volume_claim_templates.as_ref().expect("claims")[0];
+        let claim_spec = claim.spec.as_ref().expect("claim spec");
+        assert_eq!(claim_spec.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            claim_spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage")),
+            Some(&k.spec.storage.size)
+        );
+        let owner = &sts.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
+    }
+
+    #[test]
+    fn services_and_pdb() {
+        let k = kvc(serde_json::json!({"service": {"type": "LoadBalancer", "annotations": {"a": "b"}}}));
+        let svc = client_service(&k);
+        assert_eq!(svc.spec.as_ref().and_then(|s| s.type_.as_deref()), Some("LoadBalancer"));
+        assert_eq!(
+            svc.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("a"))
+                .map(String::as_str),
+            Some("b")
+        );
+        assert_eq!(
+            pod_host(&k, "db-2", "cluster.local"),
+            "db-2.db-nodes.prod.svc.cluster.local"
+        );
+        let pdb = pod_disruption_budget(&k).spec.expect("spec");
+        assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(
+            selector_string(&k),
+            "app.kubernetes.io/component=node,app.kubernetes.io/instance=db,app.kubernetes.io/name=raftkv"
+        );
+    }
+}
