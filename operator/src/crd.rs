@@ -5,7 +5,7 @@
 //! Validation lives in the schema so the apiserver refuses a bad spec before
 //! the operator sees it: bounds (`minimum`/`maximum`) and CEL rules with
 //! messages that say what to change. The operator checks the same rules again
-//! ([`crate::validate`]) because a CRD installed by hand may be older.
+//! ([`crate::planner::validate`]) because a CRD installed by hand may be older.
 
 use std::collections::BTreeMap;
 
