@@ -22,7 +22,7 @@ k8s-bins:
 k8s-gen-replace:
 	bash $(K8S_E2E_DIR)/gen-replace.sh
 
-cluster-up: k8s-bins
+cluster-up: k8s-bins build
 	bash $(K8S_E2E_DIR)/cluster-up.sh
 
 cluster-down:
