@@ -28,5 +28,5 @@ cluster-up: k8s-bins build
 cluster-down:
 	bash $(K8S_E2E_DIR)/cluster-down.sh
 
-test-k8s: k8s-bins
+test-k8s: k8s-bins build
 	bash $(K8S_E2E_DIR)/test-control-plane.sh

@@ -72,8 +72,8 @@ fi
 
 # etcd data and what describes that cluster's contents (discovery cache,
 # volumes of its claims, pod records and pod logs)
-rm -rf "$STATE/etcd" "$STATE/apiserver-certs" "$STATE/kube-cache" "$STATE/volumes" "$STATE/runner" \
-	"$STATE/pod-logs" "$STATE/bin"
+rm -rf "${STATE:?}/etcd" "$STATE/apiserver-certs" "$STATE/kube-cache" "$STATE/volumes" "$STATE/runner" \
+	"${STATE:?}/pod-logs" "${STATE:?}/bin"
 if [[ "${1:-}" == "--purge" ]]; then
 	rm -rf "${STATE:?}"
 	log "stopped; removed $STATE"

@@ -416,7 +416,14 @@ impl TestNamespace {
     /// harness route to the pod network).
     pub async fn http_get(&self, pod: &str, port: u16, path: &str) -> anyhow::Result<httpc::Response> {
         let ip = self.pod_ip(pod).await?;
-        Ok(httpc::get(SocketAddr::new(ip, port), &ip.to_string(), path, Duration::from_secs(5)).await?)
+        // Generous: a pod's own lookups of unknown names take a few seconds to fail.
+        Ok(httpc::get(
+            SocketAddr::new(ip, port),
+            &ip.to_string(),
+            path,
+            Duration::from_secs(15),
+        )
+        .await?)
     }
 
     /// The runner's record of the pod (pids, netns, index).

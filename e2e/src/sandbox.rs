@@ -20,6 +20,10 @@
 //!    in the volume, as runc does;
 //! 4. chroot into R, setsid, exec the container's program.
 //!
+//! Shadows are planned in a dry run over every mount target and made
+//! shallowest first before any bind, because a shadow made later would hide
+//! the binds already made under it.
+//!
 //! Mounts live in the pod's mount namespace only and vanish with its last
 //! process, so nothing is left mounted on the host.
 
@@ -122,6 +126,9 @@ struct Root {
     dir: PathBuf,
     /// rel path → true when ours. The deepest recorded ancestor decides.
     ours: BTreeMap<PathBuf, bool>,
+    /// Planning pass: record the directories that need a shadow, change nothing.
+    dry_run: bool,
+    planned: Vec<PathBuf>,
 }
 
 impl Root {
@@ -132,6 +139,11 @@ impl Root {
     /// Replaces host-backed directory `rel` by a tmpfs holding binds of its entries.
     fn shadow(&mut self, rel: &Path) -> Result<()> {
         if self.is_ours(rel) {
+            return Ok(());
+        }
+        if self.dry_run {
+            self.planned.push(rel.to_path_buf());
+            self.ours.insert(rel.to_path_buf(), true);
             return Ok(());
         }
         let host = Path::new("/").join(rel);
@@ -199,6 +211,9 @@ impl Root {
                 Ok(_) if last => {
                     // Wrong kind (a file where a directory must be): replace it in a shadow.
                     self.shadow(&cur)?;
+                    if self.dry_run {
+                        return Ok(next);
+                    }
                     let _ = umount2(&full, MntFlags::MNT_DETACH);
                     self.ours.remove(&next);
                     if full.is_dir() {
@@ -230,7 +245,9 @@ impl Root {
     }
 
     fn create(&self, full: &Path, dir: bool) -> Result<()> {
-        if dir {
+        if self.dry_run {
+            Ok(())
+        } else if dir {
             io(format!("mkdir {}", full.display()), std::fs::create_dir_all(full))
         } else {
             io(format!("create {}", full.display()), std::fs::write(full, b""))
@@ -270,6 +287,8 @@ pub fn enter(spec: &SandboxSpec) -> Result<std::convert::Infallible> {
     let mut root = Root {
         dir: dir.clone(),
         ours: BTreeMap::new(),
+        dry_run: false,
+        planned: Vec::new(),
     };
     root.ours.insert(PathBuf::new(), true);
     for e in io("list /", std::fs::read_dir("/"))? {
@@ -291,10 +310,37 @@ pub fn enter(spec: &SandboxSpec) -> Result<std::convert::Infallible> {
     // Parents before children, as the kubelet sorts mounts.
     let mut mounts = spec.mounts.clone();
     mounts.sort_by_key(|m| m.target.components().count());
+    let mut targets = Vec::new();
     for m in &mounts {
         let is_dir = io(format!("stat {}", m.source.display()), std::fs::metadata(&m.source))?.is_dir();
-        let rel = m.target.strip_prefix("/").unwrap_or(&m.target);
-        let rel = root.ensure(rel, is_dir)?;
+        targets.push((m.target.strip_prefix("/").unwrap_or(&m.target).to_path_buf(), is_dir));
+    }
+    let workdir = if spec.workdir.is_empty() {
+        "/".to_string()
+    } else {
+        spec.workdir.clone()
+    };
+    let wd_rel = Path::new(&workdir)
+        .strip_prefix("/")
+        .unwrap_or(Path::new(&workdir))
+        .to_path_buf();
+    // Shadowing a directory hides what was mounted under it, so every shadow
+    // is planned first and made, shallowest first, before any bind.
+    let initial = root.ours.clone();
+    root.dry_run = true;
+    for (rel, is_dir) in &targets {
+        root.ensure(rel, *is_dir)?;
+    }
+    root.ensure(&wd_rel, true)?;
+    let mut planned = std::mem::take(&mut root.planned);
+    planned.sort_by_key(|p| p.components().count());
+    root.ours = initial;
+    root.dry_run = false;
+    for d in &planned {
+        root.shadow(d)?;
+    }
+    for (m, (rel, is_dir)) in mounts.iter().zip(&targets) {
+        let rel = root.ensure(rel, *is_dir)?;
         let at = dir.join(&rel);
         bind(&m.source, &at)?;
         if m.read_only {
@@ -311,15 +357,6 @@ pub fn enter(spec: &SandboxSpec) -> Result<std::convert::Infallible> {
         }
         root.ours.insert(rel, true);
     }
-    let workdir = if spec.workdir.is_empty() {
-        "/".to_string()
-    } else {
-        spec.workdir.clone()
-    };
-    let wd_rel = Path::new(&workdir)
-        .strip_prefix("/")
-        .unwrap_or(Path::new(&workdir))
-        .to_path_buf();
     root.ensure(&wd_rel, true)?;
     sys("chdir root", nix::unistd::chdir(&dir))?;
     sys("chroot", nix::unistd::chroot("."))?;

@@ -36,6 +36,16 @@ spec:
   selector: {{app: {name}}}
   ports: [{{name: http, port: 80, targetPort: http}}]
 ---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}-config}}
+data: {{greeting: hello-from-configmap}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}-secret}}
+stringData: {{word: swordfish}}
+---
 apiVersion: apps/v1
 kind: StatefulSet
 metadata: {{name: {name}}}
@@ -57,6 +67,10 @@ spec:
             - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
             - {{name: POD_NAMESPACE, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
             - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+            - {{name: SECRET_WORD, valueFrom: {{secretKeyRef: {{name: {name}-secret, key: word}}}}}}
+            - {{name: ADVERTISE, value: "$(POD_NAME).{name}.$(POD_NAMESPACE)"}}
+          envFrom:
+            - {{configMapRef: {{name: {name}-config}}, prefix: CM_}}
           readinessProbe:
             httpGet: {{path: /healthz, port: http}}
             periodSeconds: 1
@@ -66,6 +80,12 @@ spec:
             failureThreshold: 3
           volumeMounts:
             - {{name: data, mountPath: /data}}
+            # Paths that do not exist on the host: the runner must not create them there.
+            - {{name: config, mountPath: /etc/raftkv-e2e-echo/config, readOnly: true}}
+            - {{name: secret, mountPath: /var/run/secrets/raftkv-e2e-echo}}
+      volumes:
+        - {{name: config, configMap: {{name: {name}-config}}}}
+        - {{name: secret, secret: {{secretName: {name}-secret}}}}
   volumeClaimTemplates:
     - metadata: {{name: data}}
       spec:
@@ -136,6 +156,33 @@ async fn statefulset_pods_are_real_processes_with_dns_services_and_volumes() -> 
             ensure!(field(&who, "id").len() == 16, "{p} wrote no id to its volume: {who}");
         }
 
+        // ConfigMap and Secret as env and as volumes at paths absent on the host.
+        for (path, want) in [
+            ("/env?name=SECRET_WORD", "swordfish".to_string()),
+            ("/env?name=CM_greeting", "hello-from-configmap".to_string()),
+            ("/env?name=ADVERTISE", format!("echo-2.echo.{}", ns.name())),
+            (
+                "/read?path=/etc/raftkv-e2e-echo/config/greeting",
+                "hello-from-configmap".to_string(),
+            ),
+            (
+                "/read?path=/var/run/secrets/raftkv-e2e-echo/word",
+                "swordfish".to_string(),
+            ),
+        ] {
+            let got = get_ok(&ns, "echo-2", path).await?;
+            ensure!(got == want, "{path}: got {got:?}, want {want:?}");
+        }
+        ensure!(
+            !std::path::Path::new("/etc/raftkv-e2e-echo").exists()
+                && !std::path::Path::new("/run/secrets/raftkv-e2e-echo").exists(),
+            "the pod's mount points were created on the host"
+        );
+        let w = ns
+            .http_get("echo-2", 8080, "/write?name=../../etc/raftkv-e2e-echo/config/x&value=1")
+            .await?;
+        ensure!(w.status != 200, "a readOnly volume was writable");
+
         // Peers by their stable DNS names, over TCP between pod IPs.
         for from in names {
             for to in names.iter().filter(|t| **t != from) {
@@ -154,26 +201,33 @@ async fn statefulset_pods_are_real_processes_with_dns_services_and_volumes() -> 
         }
 
         // The ClusterIP Service: from a pod by its short and full names, and from the host.
+        // (kube-proxy programs the endpoints a moment after the pods turn ready.)
         for target in [
             "echo-svc:80".to_string(),
             format!("echo-svc.{}.svc.cluster.local:80", ns.name()),
         ] {
-            let body = get_ok(&ns, "echo-1", &format!("/dial?target={target}")).await?;
+            let body = ns
+                .wait_until(&format!("echo-1 reaches Service {target}"), T, || async {
+                    let r = ns.http_get("echo-1", 8080, &format!("/dial?target={target}")).await?;
+                    Ok(if r.status == 200 { Ok(r.body) } else { Err(r.body) })
+                })
+                .await?;
             ensure!(field(&body, "hostname").starts_with("echo-"), "{target}: {body}");
         }
         let svc = ns.api::<Service>().get("echo-svc").await?;
         let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).context("no clusterIP")?;
-        let r = httpc::get(
-            SocketAddr::new(cluster_ip.parse()?, 80),
-            &cluster_ip,
-            "/whoami",
-            Duration::from_secs(5),
-        )
-        .await?;
-        ensure!(
-            r.status == 200 && field(&r.body, "hostname").starts_with("echo-"),
-            "host -> {cluster_ip}:80: {r:?}"
-        );
+        let addr = SocketAddr::new(cluster_ip.parse()?, 80);
+        let body = ns
+            .wait_until(&format!("the host reaches Service {addr}"), T, || async {
+                let r = httpc::get(addr, &cluster_ip, "/whoami", Duration::from_secs(5)).await?;
+                Ok(if r.status == 200 {
+                    Ok(r.body)
+                } else {
+                    Err(format!("{r:?}"))
+                })
+            })
+            .await?;
+        ensure!(field(&body, "hostname").starts_with("echo-"), "host -> {addr}: {body}");
 
         // In-cluster API access with the projected service-account token.
         let me = get_ok(&ns, "echo-0", "/k8s").await?;

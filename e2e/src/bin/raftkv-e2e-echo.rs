@@ -10,6 +10,7 @@
 //! | `/write?name=x&value=y` | writes `<data-dir>/x` |
 //! | `/dial?target=host:port` | resolves `host` (through /etc/hosts) and GETs `/whoami` there |
 //! | `/read?path=/abs` | contents of a file as the pod sees it (token, hosts, ...) |
+//! | `/env?name=X` | the value of environment variable X (404 if unset) |
 //! | `/k8s` | in-cluster API call with the service-account token: who am I (SelfSubjectReview) |
 //! | `/fail`, `/exit?code=n` | make /healthz fail; exit now with code n |
 //!
@@ -140,6 +141,10 @@ async fn handle(mut s: TcpStream, state: Arc<State>) -> std::io::Result<()> {
         }
         "/read" => match std::fs::read_to_string(q.get("path").cloned().unwrap_or_default()) {
             Ok(t) => (200, t),
+            Err(e) => (404, format!("{e}\n")),
+        },
+        "/env" => match std::env::var(q.get("name").cloned().unwrap_or_default()) {
+            Ok(v) => (200, v),
             Err(e) => (404, format!("{e}\n")),
         },
         "/dial" => dial(q.get("target").map(String::as_str).unwrap_or_default()).await,
