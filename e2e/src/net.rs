@@ -186,10 +186,10 @@ pub async fn delete_pod_network(cfg: &NetConfig, idx: u16) {
         &["-n", &cfg.router_netns(), "link", "del", &NetConfig::router_iface(idx)],
     )
     .await;
-    if Path::new("/run/netns").join(&ns).exists() {
-        if let Err(e) = run("ip", &["netns", "del", &ns]).await {
-            tracing::warn!(netns = %ns, error = %e, "could not delete pod netns");
-        }
+    if Path::new("/run/netns").join(&ns).exists()
+        && let Err(e) = run("ip", &["netns", "del", &ns]).await
+    {
+        tracing::warn!(netns = %ns, error = %e, "could not delete pod netns");
     }
 }
 

@@ -155,10 +155,8 @@ async fn handle(mut s: TcpStream, state: Arc<State>) -> std::io::Result<()> {
         }
         "/exit" => {
             let code = q.get("code").and_then(|c| c.parse().ok()).unwrap_or(0);
-            s.write_all(
-                format!("HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nexiting\n").as_bytes(),
-            )
-            .await?;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nexiting\n")
+                .await?;
             s.flush().await?;
             std::process::exit(code);
         }

@@ -102,7 +102,7 @@ pub async fn heartbeat(client: kube::Client, cfg: Config, stop: CancellationToke
         if let Err(e) = renew_lease(&client, &cfg).await {
             tracing::warn!(error = %e, "lease renewal failed");
         }
-        if n % 3 == 0
+        if n.is_multiple_of(3)
             && let Err(e) = register(&client, &cfg).await
         {
             tracing::warn!(error = %e, "node status update failed");

@@ -375,22 +375,24 @@ impl PodRun {
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];
             let waiting = matches!(c.state, RunState::Waiting { .. });
-            if c.pid.is_none() && waiting && c.next_start <= now {
-                if let Err(e) = self.start(i).await {
-                    let msg = format!("{e:#}");
-                    tracing::warn!(pod = %self.name, container = %self.ctrs[i].spec.name, error = %msg, "container start failed");
-                    let reason = if msg.contains("image") {
-                        "ErrImagePull"
-                    } else {
-                        "CreateContainerError"
-                    };
-                    let c = &mut self.ctrs[i];
-                    c.state = RunState::Waiting {
-                        reason: reason.into(),
-                        message: Some(msg),
-                    };
-                    c.next_start = now + self.ctx.cfg.backoff_base;
-                }
+            if c.pid.is_none()
+                && waiting
+                && c.next_start <= now
+                && let Err(e) = self.start(i).await
+            {
+                let msg = format!("{e:#}");
+                tracing::warn!(pod = %self.name, container = %self.ctrs[i].spec.name, error = %msg, "container start failed");
+                let image = matches!(
+                    e.downcast_ref::<crate::Error>(),
+                    Some(crate::Error::UnknownImage { .. } | crate::Error::MissingBinary { .. })
+                );
+                let reason = if image { "ErrImagePull" } else { "CreateContainerError" };
+                let c = &mut self.ctrs[i];
+                c.state = RunState::Waiting {
+                    reason: reason.into(),
+                    message: Some(msg),
+                };
+                c.next_start = now + self.ctx.cfg.backoff_base;
             }
         }
     }
