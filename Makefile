@@ -34,7 +34,7 @@ lint: deps check-kind
 test-rust: build
 	cargo test --workspace -- --test-threads=2
 
-test: lint test-rust test-k8s
+test: lint k8s-bins test-rust test-k8s
 
 demo: build
 	@bash scripts/demo.sh

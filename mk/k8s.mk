@@ -22,11 +22,11 @@ k8s-bins:
 k8s-gen-replace:
 	bash $(K8S_E2E_DIR)/gen-replace.sh
 
-cluster-up: k8s-bins
+cluster-up: k8s-bins build
 	bash $(K8S_E2E_DIR)/cluster-up.sh
 
 cluster-down:
 	bash $(K8S_E2E_DIR)/cluster-down.sh
 
-test-k8s: k8s-bins
+test-k8s: k8s-bins build
 	bash $(K8S_E2E_DIR)/test-control-plane.sh

@@ -12,24 +12,6 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 GRACE="${RAFTKV_STOP_GRACE:-10}"
 
-# stop_pid <pid> <label>: TERM its process group (it is a session leader
-# started by setsid) and the pid itself, wait, then KILL.
-stop_pid() {
-	local pid="$1" label="$2" deadline
-	is_ours "$pid" || return 0
-	log "stopping $label (pid $pid)"
-	kill -TERM -- "-$pid" 2>/dev/null || true
-	kill -TERM "$pid" 2>/dev/null || true
-	deadline=$((SECONDS + GRACE))
-	while is_ours "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-	if is_ours "$pid"; then
-		log "$label did not exit in ${GRACE}s: SIGKILL"
-		kill -KILL -- "-$pid" 2>/dev/null || true
-		kill -KILL "$pid" 2>/dev/null || true
-		while is_ours "$pid"; do sleep 0.1; done
-	fi
-}
-
 if [[ ! -d "$STATE" ]]; then
 	log "nothing to stop ($STATE does not exist)"
 	exit 0
@@ -52,20 +34,46 @@ for f in "$STATE"/pids/*.pid; do
 done
 for pid in $(our_pids); do stop_pid "$pid" "stray process"; done
 
-# Mounts under the state dir (none today; pod volumes later), deepest first.
+# The pod network: every process still in one of our network namespaces (pod
+# processes of a runner that died, probes), the namespaces, the host link (its
+# routes go with it) and the slot.
+if load_net; then
+	for ns in $(our_netns); do
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do
+			log "killing pid $pid left in netns $ns"
+			kill -KILL "$pid" 2>/dev/null || true
+		done
+	done
+	for ns in $(our_netns); do
+		ip netns del "$ns" 2>/dev/null || log "could not delete netns $ns"
+	done
+	if ip link show "$HOST_IF" >/dev/null 2>&1; then
+		ip link del "$HOST_IF" || log "could not delete interface $HOST_IF"
+	fi
+	if [[ "$(cat "$SLOT_DIR/slot-$SLOT" 2>/dev/null)" == "$STATE" ]]; then
+		rm -f "$SLOT_DIR/slot-$SLOT"
+	fi
+	rmdir "$SLOT_DIR" 2>/dev/null || true
+fi
+
+# Mounts under the state dir (pods' mounts live in their own mount
+# namespaces and vanish with them; this is a safety net), deepest first.
 awk -v s="$STATE/" 'index($2, s) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
 	log "unmounting $m"
 	umount "$m" 2>/dev/null || umount -l "$m"
 done
 
-left="$(our_pids)"
+left="$(leftovers)"
 if [[ -n "$left" ]]; then
-	log "processes still running: $left"
+	log "still present after cluster-down:"
+	echo "$left" >&2
 	exit 1
 fi
 
-# etcd data and what describes that cluster's contents (discovery cache)
-rm -rf "$STATE/etcd" "$STATE/apiserver-certs" "$STATE/kube-cache"
+# etcd data and what describes that cluster's contents (discovery cache,
+# volumes of its claims, pod records and pod logs)
+rm -rf "${STATE:?}/etcd" "$STATE/apiserver-certs" "$STATE/kube-cache" "$STATE/volumes" "$STATE/runner" \
+	"${STATE:?}/pod-logs" "${STATE:?}/bin"
 if [[ "${1:-}" == "--purge" ]]; then
 	rm -rf "${STATE:?}"
 	log "stopped; removed $STATE"

@@ -18,12 +18,84 @@ KUBECONFIG_FILE="$STATE/kubeconfig"
 # (the pod runner, kube-proxy, ...): append its name here and define, in
 # cluster-up.sh, `args_<name>` (prints its command line, one word per line,
 # binary first) and `healthy_<name>` (exit 0 once it serves).
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler raftkv-podrunner kube-proxy)
+
+# Binaries of this workspace (the pod runner, and what pods run): the
+# Makefile exports RAFTKV_BIN_DIR; by hand, the default cargo target dir.
+RAFTKV_BIN_DIR="${RAFTKV_BIN_DIR:-${CARGO_TARGET_DIR:-$RAFTKV_CACHE_DIR/target}/debug}"
+# The one Node the pod runner registers and runs pods for.
+NODE_NAME=raftkv-e2e-node
+# Slots of the pod networks of every cluster on this machine (cleared at boot,
+# like network namespaces): /run/raftkv-e2e/slot-<n> holds the owner's state dir.
+SLOT_DIR=/run/raftkv-e2e
 
 # Service ClusterIPs; the first address is the `kubernetes` Service and is in
-# the apiserver certificate.
+# the apiserver certificate. load_net moves them per network slot.
 SERVICE_CIDR="${RAFTKV_SERVICE_CIDR:-10.96.0.0/16}"
 SERVICE_APISERVER_IP="${RAFTKV_SERVICE_APISERVER_IP:-10.96.0.1}"
+
+# load_net: the pod network of this state dir, from $STATE/net.env (SLOT=n,
+# written by cluster-up.sh). Every name and address is keyed by the slot so two
+# clusters never clash (e2e/src/net.rs computes the same ones):
+#   router netns rkv<n>-net (kube-proxy), pod netns rkv<n>-p<i>,
+#   host link rkv<n>-h 10.(200+n).255.1/30 <-> h0 10.(200+n).255.2 in the router,
+#   pods 10.(200+n).0.0/16, Services 10.(96+n).0.0/16.
+# Fails (returns 1) when no slot was ever chosen.
+load_net() {
+	SLOT=""
+	[[ -f "$STATE/net.env" ]] && SLOT="$(sed -n 's/^SLOT=//p' "$STATE/net.env")"
+	[[ "$SLOT" =~ ^[0-9]+$ ]] || return 1
+	ROUTER_NS="rkv$SLOT-net"
+	POD_NS_PREFIX="rkv$SLOT-p"
+	HOST_IF="rkv$SLOT-h"
+	HOST_IP="10.$((200 + SLOT)).255.1"
+	ROUTER_IP="10.$((200 + SLOT)).255.2"
+	POD_CIDR="10.$((200 + SLOT)).0.0/16"
+	SERVICE_CIDR="${RAFTKV_SERVICE_CIDR:-10.$((96 + SLOT)).0.0/16}"
+	SERVICE_APISERVER_IP="${RAFTKV_SERVICE_APISERVER_IP:-10.$((96 + SLOT)).0.1}"
+}
+
+# our_netns: network namespaces of this cluster's slot.
+our_netns() {
+	[[ -n "${SLOT:-}" ]] || return 0
+	ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^rkv$SLOT-(net|p[0-9]+)\$" || true
+}
+
+# leftovers: prints anything of this cluster still present (processes, network
+# namespaces, the host interface and its routes, the slot, mounts under the
+# state dir); prints nothing when all is clean.
+leftovers() {
+	local p ns
+	for p in $(our_pids); do echo "process $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)"; done
+	if load_net; then
+		for ns in $(our_netns); do
+			echo "netns $ns (pids: $(ip netns pids "$ns" 2>/dev/null | tr '\n' ' '))"
+		done
+		ip link show "$HOST_IF" >/dev/null 2>&1 && echo "interface $HOST_IF"
+		ip route show | grep -F "$HOST_IF" | sed 's/^/route /'
+		[[ -e "$SLOT_DIR/slot-$SLOT" ]] && echo "slot file $SLOT_DIR/slot-$SLOT"
+	fi
+	awk -v s="$STATE/" 'index($2, s) == 1 {print "mount " $2}' /proc/self/mounts
+	return 0
+}
+
+# stop_pid <pid> <label>: TERM its process group (it is a session leader
+# started by setsid) and the pid itself, wait, then KILL.
+stop_pid() {
+	local pid="$1" label="$2" deadline
+	is_ours "$pid" || return 0
+	log "stopping $label (pid $pid)"
+	kill -TERM -- "-$pid" 2>/dev/null || true
+	kill -TERM "$pid" 2>/dev/null || true
+	deadline=$((SECONDS + ${GRACE:-10}))
+	while is_ours "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
+	if is_ours "$pid"; then
+		log "$label did not exit in ${GRACE:-10}s: SIGKILL"
+		kill -KILL -- "-$pid" 2>/dev/null || true
+		kill -KILL "$pid" 2>/dev/null || true
+		while is_ours "$pid"; do sleep 0.1; done
+	fi
+}
 
 # Ports: defaults chosen away from raftkv's own (2379-2381, 8080) and from a
 # stock control plane's (2379, 6443, 10257, 10259). RAFTKV_<NAME> in the

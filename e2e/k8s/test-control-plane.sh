@@ -131,11 +131,14 @@ t_deployment() {
 	# replicaset controller -> 2 Pods owned by that ReplicaSet
 	eventually 60 lines_equal 2 "$rs" -n $ns get pods -l app=web \
 		-o jsonpath='{range .items[*]}{.metadata.ownerReferences[0].name}{"\n"}{end}' || return 1
-	# scheduler -> PodScheduled=False, Unschedulable (there are no nodes)
-	eventually 60 lines_equal 2 Unschedulable -n $ns get pods -l app=web \
-		-o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="PodScheduled")].reason}{"\n"}{end}' || return 1
+	# scheduler -> both bound to the pod runner's node
+	eventually 60 lines_equal 2 "$NODE_NAME" -n $ns get pods -l app=web \
+		-o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' || return 1
+	# the runner reports them: the pause image maps to no local binary
+	eventually 60 lines_equal 2 ErrImagePull -n $ns get pods -l app=web \
+		-o jsonpath='{range .items[*]}{.status.containerStatuses[0].state.waiting.reason}{"\n"}{end}' || return 1
 	kubectl -n $ns get deploy,rs,pods -o wide
-	note "ReplicaSet $rs, 2 Pods Pending/Unschedulable"
+	note "ReplicaSet $rs, 2 Pods scheduled to $NODE_NAME (ErrImagePull: no local binary for pause)"
 }
 
 t_statefulset() {
@@ -145,13 +148,35 @@ t_statefulset() {
 	# statefulset controller -> a PVC per replica from the volumeClaimTemplate, and Pods
 	eventually 60 names_exist 2 -n $ns pvc data-db-0 data-db-1 || return 1
 	eventually 60 names_exist 2 -n $ns pod db-0 db-1 || return 1
+	# the pod runner provisions a volume per claim (default StorageClass raftkv-local)
+	eventually 60 lines_equal 2 Bound -n $ns get pvc -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' || return 1
 	# each Pod uses its own claim; claims are protected (pvc-protection finalizer)
 	[[ "$(kubectl -n $ns get pod db-1 -o jsonpath='{.spec.volumes[?(@.name=="data")].persistentVolumeClaim.claimName}')" == data-db-1 ]] || return 1
 	contains "$(kubectl -n $ns get pvc data-db-0 -o jsonpath='{.metadata.finalizers}')" kubernetes.io/pvc-protection || return 1
 	# the headless Service gets an EndpointSlice from the endpointslice controller
 	eventually 30 names_exist 1 -n $ns endpointslices -l kubernetes.io/service-name=db || return 1
 	kubectl -n $ns get sts,pods,pvc,endpointslices
-	note "PVCs data-db-0/1 and Pods db-0/1 created (Pending: no provisioner, no nodes)"
+	note "PVCs data-db-0/1 (Bound) and Pods db-0/1 created"
+}
+
+# A pod of the suite's echo binary runs as a real process in its own network
+# namespace; the host reaches it by pod IP and through a ClusterIP Service
+# (kube-proxy's nftables rules in the router netns).
+t_pod_network() {
+	local ns=t-net ip cip pid
+	new_ns $ns || return 1
+	eventually 30 kubectl -n $ns get serviceaccount default >/dev/null || return 1
+	kubectl -n $ns apply -f "$testdata/echo-pod.yaml" || return 1
+	kubectl -n $ns wait --for=condition=Ready pod/echo --timeout=90s || { kubectl -n $ns get pod echo -o yaml; return 1; }
+	ip="$(kubectl -n $ns get pod echo -o jsonpath='{.status.podIP}')"
+	contains "$(curl -sf --max-time 5 "http://$ip:8080/whoami")" "hostname=echo" || return 1
+	cip="$(kubectl -n $ns get svc echo -o jsonpath='{.spec.clusterIP}')"
+	eventually 30 curl -sf --max-time 5 -o /dev/null "http://$cip/healthz" || return 1
+	# the runner's record names the process: the echo binary, in another netns
+	pid="$(grep -o '"pid": [0-9]*' "$STATE/runner/pods/$ns/echo.json" | grep -o '[0-9]*$')" || return 1
+	[[ "$(readlink "/proc/$pid/exe")" == */raftkv-e2e-echo ]] || { echo "pid $pid is $(readlink "/proc/$pid/exe")"; return 1; }
+	[[ "$(readlink "/proc/$pid/ns/net")" != "$(readlink /proc/self/ns/net)" ]] || { echo "pod shares the host netns"; return 1; }
+	note "pod echo $ip (pid $pid) and Service $cip:80 answer from the host"
 }
 
 t_helm() {
@@ -228,9 +253,14 @@ t_namespaces_deleted() {
 
 t_down_leaves_nothing() {
 	local left
+	# leave a pod running, so down must also stop pods and remove their network
+	kubectl create namespace t-down >/dev/null || return 1
+	eventually 30 kubectl -n t-down get serviceaccount default >/dev/null || return 1
+	kubectl -n t-down apply -f "$testdata/echo-pod.yaml" || return 1
+	kubectl -n t-down wait --for=condition=Ready pod/echo --timeout=90s || return 1
 	"$k8s_dir/cluster-down.sh" || return 1
-	left="$(our_pids)"
-	[[ -z "$left" ]] || { ps -o pid,args -p "${left//$'\n'/,}"; return 1; }
+	left="$(leftovers)"
+	[[ -z "$left" ]] || { echo "left behind: $left"; return 1; }
 	# and nothing listens on the ports it used
 	load_ports
 	local k
@@ -243,7 +273,7 @@ t_down_leaves_nothing() {
 	fi
 	[[ ! -d "$STATE/etcd" ]] || { echo "etcd data left"; return 1; }
 	"$k8s_dir/cluster-down.sh" || { echo "a second cluster-down failed"; return 1; }
-	note "no process, open port, mount or etcd data left; a second down is a no-op"
+	note "with a pod running: no process, netns, interface, route, mount, open port or etcd data left; a second down is a no-op"
 }
 
 t_second_up() {
@@ -261,7 +291,7 @@ t_second_up() {
 }
 
 t_final_down() {
-	"$k8s_dir/cluster-down.sh" && [[ -z "$(our_pids)" ]]
+	"$k8s_dir/cluster-down.sh" && [[ -z "$(leftovers)" ]]
 }
 
 check "control plane comes up (cluster-up.sh)" t_cluster_up
@@ -274,6 +304,7 @@ check "/readyz is ok" t_readyz
 check "versions: server and binaries are the stamped $K8S_VERSION" t_version
 check "Deployment -> ReplicaSet -> Pods (controllers + scheduler)" t_deployment
 check "StatefulSet with volumeClaimTemplate -> PVCs + Pods" t_statefulset
+check "a pod runs as a process with its own IP; pod IP and ClusterIP reachable from the host" t_pod_network
 check "helm lint, template, install, uninstall" t_helm
 check "invalid Deployment rejected by the apiserver" t_invalid_rejected
 check "CRD CEL rule (x-kubernetes-validations) rejects a bad object" t_crd_cel
