@@ -1,7 +1,9 @@
 # raftkv — the single entry point for developers and users.
 #   make test            everything CI runs (.ci/run calls this)
-#   make demo            the main job: a local 3-node cluster and kvctl against it
-#   make local-cluster   start N nodes on loopback (N=3), bootstrap them
+#   make demo            the main job: control plane from source, operator as a pod,
+#                        the example KVCluster until Available, kubectl and kvctl
+#   make local-cluster   start N nodes on loopback (N=3), bootstrap them (no Kubernetes)
+#   make cluster-up / cluster-down, make crds, make e2e-kind: see mk/*.mk
 #   make local-cluster-down
 #   make bench           throughput/latency figures and failover time
 
@@ -36,7 +38,7 @@ test-rust: build
 
 test: lint k8s-bins test-rust test-k8s
 
-demo: build
+demo: build k8s-bins
 	@bash scripts/demo.sh
 
 local-cluster: build

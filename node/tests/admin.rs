@@ -213,6 +213,24 @@ async fn metric(c: &Cluster, i: usize, name: &str) -> f64 {
         .sum()
 }
 
+/// Waits until node `i` reports `value` for `name`: each node checks its disk
+/// on its own upkeep tick, so the node asked may notice a moment after the
+/// node that refused the write.
+async fn wait_metric(c: &Cluster, i: usize, name: &str, value: f64) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = metric(c, i, name).await;
+        if seen == value {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "node {i}: {name} is {seen}, expected {value} within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_node_receives_replicas_by_snapshot_and_all_replicas_agree() {
     // Small snapshot and log-retention settings so logs are compacted quickly.
@@ -355,7 +373,8 @@ fn free_mb(path: &std::path::Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
     // The nodes' threshold sits 512 MiB under the file system's free space
-    // now; a 1 GiB file then takes the free space below it.
+    // now; a 2 GiB file then takes the free space below it, with room for
+    // other processes freeing space meanwhile.
     let probe = tempfile::Builder::new().prefix("raftkv-diskfull-").tempdir().unwrap();
     let free = free_mb(probe.path());
     assert!(
@@ -370,7 +389,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
 
     let filler_path = c.root.path().join("filler");
     let filler = std::fs::File::create(&filler_path).unwrap();
-    nix::fcntl::posix_fallocate(&filler, 0, 1 << 30).expect("allocate 1 GiB");
+    nix::fcntl::posix_fallocate(&filler, 0, 2 << 30).expect("allocate 2 GiB");
     let until = Instant::now() + Duration::from_secs(20);
     let mut attempt = 0;
     let (refused_key, refusal) = loop {
@@ -389,7 +408,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
         }
     };
     assert!(refusal.to_string().contains("disk full"), "{refusal}");
-    assert_eq!(metric(&c, 0, "raftkv_disk_full").await, 1.0);
+    wait_metric(&c, 0, "raftkv_disk_full", 1.0).await;
     // Reads are still served, and the refused write left nothing behind.
     assert_eq!(
         client.get(b"before", Consistency::Linearizable, 0).await.unwrap().value,
@@ -418,7 +437,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
             }
         }
     }
-    assert_eq!(metric(&c, 0, "raftkv_disk_full").await, 0.0);
+    wait_metric(&c, 0, "raftkv_disk_full", 0.0).await;
     for i in 0..3 {
         assert!(c.nodes[i].is_running());
     }
