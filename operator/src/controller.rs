@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
-use crate::crd::KVCluster;
+use crate::crd::{KVCluster, KVClusterStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::{Observation, observe};
@@ -181,6 +181,24 @@ async fn reconcile_inner(kvc: &KVCluster, ctx: &Context) -> Result<Requeue> {
         )
         .await?;
     }
+    // Kubernetes aggregates Events by reason and action, not by message, so
+    // each outcome has a reason of its own (`<Step>`, `<Step>Succeeded`,
+    // `<Step>Failed`, `Available`, `Unavailable`).
+    let available = |s: Option<&KVClusterStatus>| {
+        s.and_then(|s| s.conditions.iter().find(|c| c.type_ == status::AVAILABLE))
+            .map(|c| (c.status == "True", c.message.clone()))
+    };
+    if let Some((now, message)) = available(Some(&status))
+        && available(previous).map(|(was, _)| was) != Some(now)
+        && (now || previous.is_some())
+    {
+        let (type_, reason) = if now {
+            (EventType::Normal, "Available")
+        } else {
+            (EventType::Warning, "Unavailable")
+        };
+        publish(ctx, kvc, type_, reason, "Observe", message).await;
+    }
     let blocked_changed = |msg: &str| {
         previous
             .and_then(|p| p.conditions.iter().find(|c| c.type_ == status::BLOCKED))
@@ -317,7 +335,7 @@ async fn execute(kvc: &KVCluster, ctx: &Context, obs: &Observation, step: &Step)
                 ctx,
                 kvc,
                 EventType::Normal,
-                &reason,
+                &format!("{reason}Succeeded"),
                 &step.phase(),
                 format!("done: {note}"),
             )
@@ -328,7 +346,7 @@ async fn execute(kvc: &KVCluster, ctx: &Context, obs: &Observation, step: &Step)
                 ctx,
                 kvc,
                 EventType::Warning,
-                &reason,
+                &format!("{reason}Failed"),
                 &step.phase(),
                 format!("failed: {note}: {e}"),
             )

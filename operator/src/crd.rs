@@ -279,6 +279,9 @@ pub struct MemberStatus {
     pub pod: String,
     /// Raft node id the pod reports (unset while unreachable). Changes when a pod lost its volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Node ids are at most i64::MAX (node/src/identity.rs), so they are
+    // published as int64, the integer format Kubernetes knows.
+    #[schemars(with = "Option<i64>")]
     pub node_id: Option<u64>,
     /// `host:port` of the node's client API.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,182 @@
+//! The operator's scenario suite on the local control plane with pods as
+//! real processes (the e2e harness): the operator runs as a pod with the
+//! example RBAC (in-cluster config), the example KVCluster becomes Available
+//! with three real `raftkv-node` processes, kvctl-style traffic goes through
+//! the client Service, and the cluster survives a deleted pod and a pod whose
+//! volume was wiped without losing an acknowledged write.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Api;
+use kube::api::DeleteParams;
+use raftkv_client::Client;
+use raftkv_client::kv_proto::Consistency;
+use raftkv_e2e::{Harness, TestNamespace, skip_requested};
+use raftkv_operator::crd::KVCluster;
+
+const T: Duration = Duration::from_secs(180);
+const KEYS: usize = 40;
+
+fn repo_file(path: &str) -> String {
+    let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+/// examples/operator.yaml, moved into the test's namespace and watching only
+/// it, so it never acts on another test's clusters (or a demo's).
+fn operator_manifest(ns: &str) -> String {
+    let text = repo_file("examples/operator.yaml");
+    let docs: Vec<&str> = text
+        .split("\n---")
+        .filter(|d| !d.contains("\nkind: Namespace"))
+        .collect();
+    docs.join("\n---")
+        .replace("namespace: raftkv-system", &format!("namespace: {ns}"))
+        .replace("name: raftkv-operator\n", &format!("name: raftkv-operator-{ns}\n"))
+        .replace(
+            "serviceAccountName: raftkv-operator\n",
+            &format!("serviceAccountName: raftkv-operator-{ns}\n"),
+        )
+        .replace(
+            "args: [\"--log-json\"]",
+            &format!("args: [\"--log-json\", \"--namespace\", \"{ns}\"]"),
+        )
+}
+
+async fn available(ns: &TestNamespace, what: &str) -> anyhow::Result<KVCluster> {
+    let api = ns.api::<KVCluster>();
+    ns.wait_until(what, T, || {
+        let api = api.clone();
+        async move {
+            let kvc = api.get("example").await?;
+            let status = kvc.status.clone().unwrap_or_default();
+            let ok = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            let replicated = status.shards.as_ref().is_some_and(|s| s.under_replicated == 0);
+            Ok(if ok && replicated {
+                Ok(kvc)
+            } else {
+                Err(format!(
+                    "conditions {:?}, shards {:?}",
+                    status.conditions, status.shards
+                ))
+            })
+        }
+    })
+    .await
+}
+
+fn node_id(kvc: &KVCluster, pod: &str) -> Option<u64> {
+    kvc.status.as_ref()?.members.iter().find(|m| m.pod == pod)?.node_id
+}
+
+async fn all_keys_readable(client: &Client) -> anyhow::Result<()> {
+    for i in 0..KEYS {
+        let key = format!("key/{i}");
+        let got = client
+            .get(key.as_bytes(), Consistency::Linearizable, 0)
+            .await
+            .with_context(|| format!("get {key}"))?;
+        ensure!(
+            got.found && got.value == format!("value-{i}").as_bytes(),
+            "{key} lost: {got:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_operator_pod_runs_the_example_and_heals_lost_pods_and_volumes() {
+    if skip_requested("e2e_operator_pod_runs_the_example_and_heals_lost_pods_and_volumes") {
+        return;
+    }
+    let h = Harness::get().await.expect("cluster");
+    h.run_in_namespace("kvc", |ns| async move {
+        ns.apply_yaml(&repo_file("crds/raftkv.io_kvclusters.yaml")).await?;
+        let op = operator_manifest(ns.name());
+        let result = scenario(&ns, &op).await;
+        // The ClusterRole/Binding are cluster-scoped: remove them either way.
+        let name = format!("raftkv-operator-{}", ns.name());
+        let dp = DeleteParams::default();
+        let _ = Api::<ClusterRoleBinding>::all(ns.client()).delete(&name, &dp).await;
+        let _ = Api::<ClusterRole>::all(ns.client()).delete(&name, &dp).await;
+        result
+    })
+    .await
+    .unwrap();
+}
+
+async fn scenario(ns: &TestNamespace, operator: &str) -> anyhow::Result<()> {
+    ns.apply_yaml(operator).await?;
+    ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
+    let kvc = available(ns, "the example KVCluster to become Available").await?;
+
+    // Writes through the client Service, as a user's kvctl would.
+    let svc = ns.api::<Service>().get("example").await?;
+    let ip = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("client Service has no ClusterIP")?;
+    let client = Client::new(&[format!("{ip}:2379")])?;
+    for i in 0..KEYS {
+        client
+            .put(format!("key/{i}").as_bytes(), format!("value-{i}").as_bytes(), 0)
+            .await
+            .with_context(|| format!("put key/{i}"))?;
+    }
+    all_keys_readable(&client).await?;
+
+    // A deleted pod comes back with its volume and its identity.
+    let before = node_id(&kvc, "example-1").context("example-1 has no node id")?;
+    let uid = ns.pod("example-1").await?.metadata.uid;
+    ns.api::<Pod>().delete("example-1", &DeleteParams::default()).await?;
+    ns.wait_until("example-1 to be re-created", T, || async {
+        let p = ns.pod("example-1").await?;
+        Ok(if p.metadata.uid != uid {
+            Ok(())
+        } else {
+            Err("old pod".into())
+        })
+    })
+    .await?;
+    ns.wait_for_pod_ready("example-1", T).await?;
+    let kvc = available(ns, "Available again after deleting example-1").await?;
+    ensure!(
+        node_id(&kvc, "example-1") == Some(before),
+        "example-1 changed identity without losing its volume"
+    );
+    all_keys_readable(&client).await?;
+
+    // A pod whose volume was wiped rejoins as a new member and the shards
+    // return to full replication on it.
+    let old = node_id(&kvc, "example-2").context("example-2 has no node id")?;
+    ns.wipe_claim("data-example-2").await?;
+    ns.api::<Pod>().delete("example-2", &DeleteParams::default()).await?;
+    let kvc = ns
+        .wait_until(
+            "example-2 to rejoin under a new node id with full replication",
+            T,
+            || async {
+                let kvc = available(ns, "Available").await?;
+                Ok(match node_id(&kvc, "example-2") {
+                    Some(id) if id != old => Ok(kvc),
+                    seen => Err(format!("example-2 node id {seen:?} (old {old})")),
+                })
+            },
+        )
+        .await?;
+    let status = kvc.status.context("no status")?;
+    let member = status
+        .members
+        .iter()
+        .find(|m| m.pod == "example-2")
+        .context("no member")?;
+    ensure!(member.replicas == 8, "example-2 hosts {} of 8 shards", member.replicas);
+    all_keys_readable(&client).await?;
+    Ok(())
+}
