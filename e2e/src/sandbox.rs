@@ -165,14 +165,7 @@ impl Root {
     /// Makes `rel` exist inside R as a directory (`want_dir`) or a file,
     /// following symlinks within R, and returns the resolved path.
     fn ensure(&mut self, rel: &Path, want_dir: bool) -> Result<PathBuf> {
-        let mut comps: VecDeque<OsString> = rel
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(s) => Some(s.to_os_string()),
-                Component::ParentDir => Some(OsString::from("..")),
-                _ => None,
-            })
-            .collect();
+        let mut comps = walk_parts(rel);
         let mut cur = PathBuf::new();
         let mut hops = 0;
         while let Some(c) = comps.pop_front() {
@@ -196,14 +189,7 @@ impl Root {
                     if target.is_absolute() {
                         cur = PathBuf::new();
                     }
-                    let mut front: VecDeque<OsString> = target
-                        .components()
-                        .filter_map(|c| match c {
-                            Component::Normal(s) => Some(s.to_os_string()),
-                            Component::ParentDir => Some(OsString::from("..")),
-                            _ => None,
-                        })
-                        .collect();
+                    let mut front = walk_parts(&target);
                     front.extend(comps);
                     comps = front;
                 }
@@ -427,4 +413,16 @@ pub fn join(pid: i32, argv: &[String]) -> Result<std::convert::Infallible> {
             })?
     };
     exec(&program, argv, &env)
+}
+
+/// The parts of `p` a walk inside the sandbox root follows: names and `..`
+/// (the root and `.` mean nothing there).
+fn walk_parts(p: &Path) -> VecDeque<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
 }

@@ -149,14 +149,22 @@ impl Node {
 
     /// Waits until the admin port answers; returns the node's status.
     pub async fn wait_up(&mut self, within: Duration) -> admin::NodeStatusResponse {
+        self.start_up(within)
+            .await
+            .unwrap_or_else(|log| panic!("node exited during start-up; log:\n{log}"))
+    }
+
+    /// Like [`Node::wait_up`], but a node that exits during start-up is an
+    /// `Err` carrying its log tail, so the caller can retry.
+    async fn start_up(&mut self, within: Duration) -> Result<admin::NodeStatusResponse, String> {
         let until = Instant::now() + within;
         loop {
             if let Ok(s) = self.status().await {
                 self.id = s.node_id;
-                return s;
+                return Ok(s);
             }
             if !self.is_running() {
-                panic!("node exited during start-up; log:\n{}", self.log_tail());
+                return Err(self.log_tail());
             }
             assert!(
                 Instant::now() < until,
@@ -201,26 +209,40 @@ impl Cluster {
     /// Starts one more (unjoined) node process.
     pub async fn add_node_process(&mut self, extra_args: &[&str]) -> usize {
         let i = self.nodes.len();
-        let dir = self.root.path().join(format!("node{i}"));
-        let ports = Ports {
-            client: free_port(),
-            peer: free_port(),
-            admin: free_port(),
-            http: free_port(),
-        };
-        let mut node = Node {
-            log: self.root.path().join(format!("node{i}.log")),
-            dir,
-            ports,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            id: 0,
-        };
-        node.start();
-        let s = node.wait_up(Duration::from_secs(30)).await;
-        assert!(!s.joined, "a fresh node must start unjoined");
-        self.nodes.push(node);
-        i
+        // A free port can be taken by another process between `free_port`
+        // and the node's bind (tests run in parallel): then start over with
+        // new ports and a fresh directory.
+        for attempt in 1.. {
+            let dir = self.root.path().join(format!("node{i}"));
+            let ports = Ports {
+                client: free_port(),
+                peer: free_port(),
+                admin: free_port(),
+                http: free_port(),
+            };
+            let mut node = Node {
+                log: self.root.path().join(format!("node{i}.log")),
+                dir,
+                ports,
+                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                child: None,
+                id: 0,
+            };
+            node.start();
+            match node.start_up(Duration::from_secs(30)).await {
+                Ok(s) => {
+                    assert!(!s.joined, "a fresh node must start unjoined");
+                    self.nodes.push(node);
+                    return i;
+                }
+                Err(log) if attempt < 5 && log.contains("Address already in use") => {
+                    let _ = std::fs::remove_dir_all(&node.dir);
+                    let _ = std::fs::remove_file(&node.log);
+                }
+                Err(log) => panic!("node exited during start-up; log:\n{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
     pub fn member(&self, i: usize) -> admin::Member {
