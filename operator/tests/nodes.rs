@@ -1,7 +1,8 @@
 //! The operator against real `raftkv-node` processes and a real
-//! kube-apiserver. No pod runner exists on this branch, so the StatefulSet's
-//! pods stay Pending; the nodes run on loopback and the operator's pluggable
-//! admin-address resolution maps each pod name to its node. Everything the
+//! kube-apiserver, with the nodes on loopback: the operator's pluggable
+//! admin-address resolution maps each pod name to its loopback node (the
+//! pod runner may run the StatefulSet's pods meanwhile; this operator never
+//! talks to them). `tests/scenarios.rs` runs the same on pods. Everything the
 //! operator does to the nodes is real: bootstrap through the admin API,
 //! status from NodeStatus/ClusterMap, and the replacement of a node that lost
 //! its volume (new identity at the same address) one step at a time.

@@ -5,17 +5,22 @@
 //! the client Service, and the cluster survives a deleted pod and a pod whose
 //! volume was wiped without losing an acknowledged write.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, ListParams};
 use raftkv_client::Client;
 use raftkv_client::kv_proto::Consistency;
 use raftkv_e2e::{Harness, TestNamespace, skip_requested};
+use raftkv_operator::Config;
 use raftkv_operator::crd::KVCluster;
+use raftkv_operator::nodes::PodIp;
+use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(180);
 const KEYS: usize = 40;
@@ -71,6 +76,20 @@ async fn available(ns: &TestNamespace, what: &str) -> anyhow::Result<KVCluster> 
     .await
 }
 
+/// Applies the CRD and waits until the apiserver serves the resource (a
+/// freshly applied CRD answers 404 for a moment).
+async fn install_crd(ns: &TestNamespace) -> anyhow::Result<()> {
+    ns.apply_yaml(&repo_file("crds/raftkv.io_kvclusters.yaml")).await?;
+    let api = ns.api::<KVCluster>();
+    ns.wait_until("the KVCluster resource to be served", T, || async {
+        Ok(match api.list(&ListParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        })
+    })
+    .await
+}
+
 fn node_id(kvc: &KVCluster, pod: &str) -> Option<u64> {
     kvc.status.as_ref()?.members.iter().find(|m| m.pod == pod)?.node_id
 }
@@ -97,7 +116,7 @@ async fn e2e_operator_pod_runs_the_example_and_heals_lost_pods_and_volumes() {
     }
     let h = Harness::get().await.expect("cluster");
     h.run_in_namespace("kvc", |ns| async move {
-        ns.apply_yaml(&repo_file("crds/raftkv.io_kvclusters.yaml")).await?;
+        install_crd(&ns).await?;
         let op = operator_manifest(ns.name());
         let result = scenario(&ns, &op).await;
         // The ClusterRole/Binding are cluster-scoped: remove them either way.
@@ -179,4 +198,68 @@ async fn scenario(ns: &TestNamespace, operator: &str) -> anyhow::Result<()> {
     ensure!(member.replicas == 8, "example-2 hosts {} of 8 shards", member.replicas);
     all_keys_readable(&client).await?;
     Ok(())
+}
+
+/// The operator is aborted (its task dropped mid-await, as a crash would)
+/// the moment it announces the bootstrap; a fresh operator converges to one
+/// bootstrapped cluster with every node joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_operator_killed_mid_bootstrap_converges() {
+    if skip_requested("e2e_operator_killed_mid_bootstrap_converges") {
+        return;
+    }
+    let h = Harness::get().await.expect("cluster");
+    h.run_in_namespace("kvc-crash", |ns| async move {
+        install_crd(&ns).await?;
+        ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
+        let config = || {
+            let mut c = Config::new();
+            c.namespace = Some(ns.name().to_string());
+            // The test runs on the host, which reaches pod IPs through the
+            // harness network but cannot resolve cluster DNS names.
+            c.admin_address = Arc::new(PodIp);
+            c
+        };
+        let first = tokio::spawn(raftkv_operator::run(ns.client(), config(), CancellationToken::new()));
+        let events = ns.api::<Event>();
+        ns.wait_until("the operator to announce the bootstrap", T, || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(if list.items.iter().any(|e| e.reason.as_deref() == Some("Bootstrap")) {
+                Ok(())
+            } else {
+                Err(format!("{} events, none with reason Bootstrap", list.items.len()))
+            })
+        })
+        .await?;
+        first.abort();
+        let _ = first.await;
+
+        let second = CancellationToken::new();
+        let task = tokio::spawn(raftkv_operator::run(ns.client(), config(), second.clone()));
+        let kvc = available(&ns, "Available after the operator restarted mid-bootstrap").await;
+        second.cancel();
+        let _ = task.await;
+        let kvc = kvc?;
+        let status = kvc.status.context("no status")?;
+        ensure!(
+            status.cluster_id.as_deref() == kvc.metadata.uid.as_deref(),
+            "cluster id {:?} is not the KVCluster's uid",
+            status.cluster_id
+        );
+        ensure!(status.members.len() == 3 && status.members.iter().all(|m| m.joined && m.replicas == 8));
+        // One cluster: every node reports the same map.
+        let ip = ns.pod_ip("example-0").await?;
+        let map = raftkv_client::Admin::new(&[format!("{ip}:2381")])?
+            .cluster_map()
+            .await?;
+        ensure!(map.nodes.len() == 3, "cluster map has {} nodes", map.nodes.len());
+        ensure!(
+            Some(map.cluster_id.as_str()) == kvc.metadata.uid.as_deref(),
+            "map of cluster {}",
+            map.cluster_id
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
 }
