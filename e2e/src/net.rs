@@ -195,50 +195,35 @@ pub async fn delete_pod_network(cfg: &NetConfig, idx: u16) {
 
 /// Cuts pod `idx` off the network: the router drops everything to and from it.
 pub async fn cut(cfg: &NetConfig, idx: u16) -> Result<()> {
-    let elem = format!("{{ \"{}\" }}", NetConfig::router_iface(idx));
-    run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &cfg.router_netns(),
-            "nft",
-            "add",
-            "element",
-            "inet",
-            FAULT_TABLE,
-            "cut",
-            &elem,
-        ],
-    )
-    .await
-    .map(drop)
+    cut_set(cfg, "add", idx).await
 }
 
 /// Undoes [`cut`]; succeeds when the pod was not cut.
 pub async fn heal(cfg: &NetConfig, idx: u16) -> Result<()> {
-    let elem = format!("{{ \"{}\" }}", NetConfig::router_iface(idx));
-    match run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &cfg.router_netns(),
-            "nft",
-            "delete",
-            "element",
-            "inet",
-            FAULT_TABLE,
-            "cut",
-            &elem,
-        ],
-    )
-    .await
-    {
-        Ok(_) => Ok(()),
+    match cut_set(cfg, "delete", idx).await {
         Err(Error::Command { stderr, .. }) if stderr.contains("No such file") || stderr.contains("not exist") => Ok(()),
-        Err(e) => Err(e),
+        other => other,
     }
+}
+
+/// Adds pod `idx`'s router-side interface to (or deletes it from) the fault
+/// table's `cut` set, whose members the router drops.
+async fn cut_set(cfg: &NetConfig, verb: &str, idx: u16) -> Result<()> {
+    let elem = format!("{{ \"{}\" }}", NetConfig::router_iface(idx));
+    let router = cfg.router_netns();
+    let args = [
+        "netns",
+        "exec",
+        &router,
+        "nft",
+        verb,
+        "element",
+        "inet",
+        FAULT_TABLE,
+        "cut",
+        &elem,
+    ];
+    run("ip", &args).await.map(drop)
 }
 
 #[cfg(test)]
