@@ -38,6 +38,13 @@ test-rust: build
 
 test: lint k8s-bins test-rust test-k8s
 
+# The tests get a control plane of their own (its own state dir, pod network
+# slot and ports), so a `make demo` left running, whose operator watches every
+# namespace, never acts on the clusters the tests create. `make test` ends
+# with it down; after `make e2e-local` stop it with
+# `RAFTKV_CLUSTER_DIR=~/.cache/raftkv/cluster-test make cluster-down`.
+test-rust test-k8s e2e-local: export RAFTKV_CLUSTER_DIR ?= $(RAFTKV_CACHE_DIR)/cluster-test
+
 demo: build k8s-bins
 	@bash scripts/demo.sh
 

@@ -38,6 +38,8 @@ pub enum AdminCmd {
     AddNode { endpoint: String },
     /// Remove a node that hosts no replicas.
     RemoveNode { node: u64 },
+    /// Hand metadata voter OLD's seat (a lost node) to NODE, a member caught up as a learner.
+    ReplaceMetaVoter { old: u64, node: u64 },
     /// Add NODE as a learner of SHARD (it catches up by snapshot if needed).
     AddReplica { shard: u32, node: u64 },
     /// Make a caught-up learner a voter.
@@ -293,6 +295,16 @@ pub async fn admin(cmd: &AdminCmd, endpoints: &[String], out: Output) -> anyhow:
             match out {
                 Output::Json => print_json(json!({"node_id": node, "map_version": map.version})),
                 Output::Text => println!("removed node {node} (map version {})", map.version),
+            }
+        }
+        AdminCmd::ReplaceMetaVoter { old, node } => {
+            let map = admin.replace_meta_voter(*old, *node).await?;
+            match out {
+                Output::Json => print_json(json!({"meta_voters": map.meta_voters, "map_version": map.version})),
+                Output::Text => println!(
+                    "metadata voters are now {:?} (map version {})",
+                    map.meta_voters, map.version
+                ),
             }
         }
         AdminCmd::AddReplica { shard, node } => print_shard(out, &admin.add_replica(*shard, *node).await?),

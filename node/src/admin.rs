@@ -160,14 +160,12 @@ impl AdminService {
     }
 
     /// Runs a shard-level admin call on the shard's leader.
-    async fn forward_if_not_leader(
+    async fn forward_if_not_leader<T>(
         &self,
         g: GroupId,
         forwarded: bool,
-        call: impl Fn(
-            AdminClient<tonic::transport::Channel>,
-        ) -> futures::future::BoxFuture<'static, Result<admin::ShardStatus, Status>>,
-    ) -> Result<Option<admin::ShardStatus>, Status> {
+        call: impl Fn(AdminClient<tonic::transport::Channel>) -> futures::future::BoxFuture<'static, Result<T, Status>>,
+    ) -> Result<Option<T>, Status> {
         let until = Instant::now() + Duration::from_secs(10);
         let mut avoid = Vec::new();
         loop {
@@ -430,22 +428,34 @@ impl Admin for AdminService {
         &self,
         request: Request<admin::RemoveNodeRequest>,
     ) -> Result<Response<admin::ClusterMapResponse>, Status> {
-        let id = request.into_inner().node_id;
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let id = req.node_id;
         let map = self.host.map().ok_or(NodeError::NotJoined)?;
         if !map.nodes.contains_key(&id) {
             return Ok(Response::new((&*map).into()));
         }
         // Refuse early (before leaving the metadata group) if the node still hosts replicas.
         map.without_node(id).map_err(refused)?;
-        // Leave the metadata group (as a learner) first, then the map.
-        if let Some(meta) = self.host.group(GroupId::Meta)
-            && meta.metrics().state == ServerState::Leader
-            && meta
-                .metrics()
-                .membership_config
-                .membership()
-                .learner_ids()
-                .any(|l| l == id)
+        // The metadata group's leader takes the node out of the group (as a learner) first, then the map.
+        if let Some(m) = self
+            .forward_if_not_leader(GroupId::Meta, forwarded, move |mut c| {
+                Box::pin(async move { Ok(c.remove_node(hop(req)).await?.into_inner()) })
+            })
+            .await?
+        {
+            return Ok(Response::new(m));
+        }
+        let meta = self
+            .host
+            .group(GroupId::Meta)
+            .ok_or(NodeError::NoReplica(GroupId::Meta))?;
+        if meta
+            .metrics()
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|l| l == id)
         {
             change_membership(&meta, ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
         }
@@ -455,6 +465,75 @@ impl Admin for AdminService {
                     m.without_node(id)
                 } else {
                     Ok(m.clone())
+                }
+            })
+            .await?;
+        Ok(Response::new((&map).into()))
+    }
+
+    async fn replace_meta_voter(
+        &self,
+        request: Request<admin::ReplaceMetaVoterRequest>,
+    ) -> Result<Response<admin::ClusterMapResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let (old, new) = (req.old_node_id, req.new_node_id);
+        let map = self.host.map().ok_or(NodeError::NotJoined)?;
+        if old == new {
+            return Err(NodeError::BadRequest(format!("node {old} cannot replace itself")).into());
+        }
+        map.node(new).map_err(|e| refused(format!("{e}; add the node first")))?;
+        if let Some(m) = self
+            .forward_if_not_leader(GroupId::Meta, forwarded, move |mut c| {
+                Box::pin(async move { Ok(c.replace_meta_voter(hop(req)).await?.into_inner()) })
+            })
+            .await?
+        {
+            return Ok(Response::new(m));
+        }
+        let meta = self
+            .host
+            .group(GroupId::Meta)
+            .ok_or(NodeError::NoReplica(GroupId::Meta))?;
+        let m = meta.metrics();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        // Already done (a retry, perhaps after the map update was cut short): only record it.
+        let done = voters.contains(&new) && !voters.contains(&old);
+        if !done {
+            if !voters.contains(&old) {
+                return Err(refused(format!(
+                    "node {old} is not a voter of the metadata group (voters {voters:?})"
+                )));
+            }
+            if voters.contains(&new) {
+                return Err(refused(format!("node {new} is already a voter of the metadata group")));
+            }
+            if !membership.learner_ids().any(|l| l == new) {
+                return Err(refused(format!(
+                    "node {new} is not a learner of the metadata group yet (nodes in the map join it within a second); retry"
+                )));
+            }
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&new).cloned().flatten())
+                .map(|l| l.index);
+            safety::check_promote(new, m.last_log_index.unwrap_or(0), matched, PROMOTE_MAX_LAG).map_err(refused)?;
+            let mut healthy = self.healthy_voters(&meta);
+            healthy.push(new);
+            safety::check_replace_voter(&voters, &healthy, old, new).map_err(refused)?;
+            let next: BTreeSet<NodeId> = voters.iter().copied().filter(|&v| v != old).chain([new]).collect();
+            change_membership(&meta, ChangeMembers::ReplaceAllVoters(next)).await?;
+            tracing::info!(old, new, "metadata voter replaced");
+        }
+        let voters: Vec<NodeId> = meta.metrics().membership_config.membership().voter_ids().collect();
+        let map = self
+            .update_map(|m| {
+                if m.meta_voters == voters {
+                    Ok(m.clone())
+                } else {
+                    m.with_meta_voters(&voters)
                 }
             })
             .await?;

@@ -8,13 +8,13 @@
 //!                                   └── PeerPool (addresses + channels, shared by all groups)
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::errors::{ClientWriteError, InitializeError, RaftError};
-use openraft::{EmptyNode, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, EmptyNode, ServerState, SnapshotPolicy};
 use raftkv_core::command::{Command, Request, Response};
 use raftkv_core::keys::node_tag;
 use raftkv_core::map::ClusterMap;
@@ -29,6 +29,10 @@ use crate::metrics::METRICS;
 use crate::network::{NetworkFactory, PeerPool};
 use crate::storage::{Engine, EngineOptions, ReadView};
 use crate::types::Raft;
+
+/// How long one upkeep membership change (a metadata learner added or
+/// removed) may wait for its commit before the next tick tries again.
+const UPKEEP_CHANGE_WITHIN: Duration = Duration::from_secs(5);
 
 /// One Raft group hosted here.
 #[derive(Clone)]
@@ -283,14 +287,18 @@ impl Host {
             }
         }
         self.publish_map(Arc::new(map.clone()));
+        // Groups are seeded from the bootstrap map (version 1) only. A later map
+        // reaches nodes added since, whose replicas are created by the leaders
+        // (as learners); seeding one from it would start a second history.
+        let seed = map.version == 1;
         let meta = self.open_group(GroupId::Meta).await?;
-        if map.meta_voters.first() == Some(&self.id) {
+        if seed && map.meta_voters.first() == Some(&self.id) {
             initialize(&meta.raft, &map.meta_voters).await?;
         }
         for s in map.shards_on(self.id) {
             let replicas = map.replicas(s).expect("shards_on returns known shards");
             let group = self.open_group(GroupId::Shard(s)).await?;
-            if replicas.voters.first() == Some(&self.id) {
+            if seed && replicas.voters.first() == Some(&self.id) {
                 initialize(&group.raft, &replicas.voters).await?;
             }
         }
@@ -515,7 +523,7 @@ impl Host {
                 self.hand_off_leaderships().await;
             }
             self.check_disk();
-            self.grow_meta_group().await;
+            self.sync_meta_learners().await;
         }
     }
 
@@ -538,7 +546,9 @@ impl Host {
         }
     }
 
-    async fn grow_meta_group(&self) {
+    /// On the metadata leader: every node in the map is a learner of the
+    /// metadata group at least, and a learner that left the map leaves the group.
+    async fn sync_meta_learners(&self) {
         let (Some(map), Some(meta)) = (self.map(), self.group(GroupId::Meta)) else {
             return;
         };
@@ -550,8 +560,26 @@ impl Host {
         let known: Vec<NodeId> = members.voter_ids().chain(members.learner_ids()).collect();
         for node in map.nodes.keys().filter(|n| !known.contains(n)) {
             tracing::info!(node, "adding node to the metadata group as a learner");
-            if let Err(e) = meta.raft.add_learner(*node, EmptyNode {}, false).await {
-                tracing::warn!(node, error = %e, "could not add metadata learner");
+            match tokio::time::timeout(UPKEEP_CHANGE_WITHIN, meta.raft.add_learner(*node, EmptyNode {}, false)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(node, error = %e, "could not add metadata learner"),
+                Err(_) => tracing::warn!(node, "adding a metadata learner did not commit in time"),
+            }
+        }
+        // A learner missing from the map was removed from the cluster (or
+        // re-added by a race with RemoveNode). Only judged once the map is
+        // applied up to the membership, so a map that is merely behind the
+        // log (a new leader still applying) removes nothing.
+        let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+        let membership_at = m.membership_config.log_id().as_ref().map_or(0, |l| l.index);
+        let gone: BTreeSet<NodeId> = members.learner_ids().filter(|n| !map.nodes.contains_key(n)).collect();
+        if !gone.is_empty() && applied >= membership_at {
+            tracing::info!(nodes = ?gone, "removing learners that left the cluster map from the metadata group");
+            let change = meta.raft.change_membership(ChangeMembers::RemoveNodes(gone), false);
+            match tokio::time::timeout(UPKEEP_CHANGE_WITHIN, change).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not remove metadata learners"),
+                Err(_) => tracing::warn!("removing metadata learners did not commit in time"),
             }
         }
     }

@@ -365,6 +365,120 @@ async fn transfer_drain_and_an_unsafe_removal_is_refused() {
     assert!(!a.cluster_map().await.unwrap().shards[2].voters.contains(&down_id));
 }
 
+/// Retries a call the node refuses (FAILED_PRECONDITION) until it is accepted,
+/// e.g. while a new replica or metadata learner catches up.
+async fn until_accepted<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) if code(&e) == tonic::Code::FailedPrecondition && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// The metadata group as the node at `i` sees it: (voters, learners).
+async fn meta_members(c: &Cluster, i: usize) -> (Vec<u64>, Vec<u64>) {
+    let s = c.nodes[i].status().await.unwrap();
+    let m = s
+        .shards
+        .iter()
+        .find(|s| s.meta)
+        .expect("every joined node hosts the metadata group");
+    (m.voters.clone(), m.learners.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_metadata_voter_hands_its_seat_to_a_new_node_and_leaves() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.bootstrap(2, 3).await;
+    let client = c.client();
+    for i in 0..50 {
+        client.put(format!("meta/{i:02}").as_bytes(), b"v", 0).await.unwrap();
+    }
+    let a = c.admin();
+    let ids: Vec<u64> = c.nodes.iter().map(|n| n.id).collect();
+    assert_eq!(a.cluster_map().await.unwrap().meta_voters.len(), 3);
+    // Node 0 is lost for good (its volume is gone); a new node takes its place.
+    let lost = ids[0];
+    c.nodes[0].kill9();
+    let n = c.add_node_process(&[]).await;
+    let new = c.nodes[n].id;
+
+    // Refusals change nothing.
+    let e = a.replace_meta_voter(lost, 4242).await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("add the node first"), "{e}");
+    let e = a.replace_meta_voter(lost, lost).await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::InvalidArgument, "{e}");
+    a.add_node(c.member(n)).await.unwrap();
+    let e = a.replace_meta_voter(lost, ids[1]).await.unwrap_err();
+    assert!(e.to_string().contains("already a voter"), "{e}");
+    let e = a.replace_meta_voter(4242, new).await.unwrap_err();
+    assert!(e.to_string().contains("not a voter"), "{e}");
+    // Its replicas are replaced first (the map refuses to drop a node that hosts any)...
+    for shard in 0..2 {
+        a.add_replica(shard, new).await.unwrap();
+        until_accepted("promote", || a.promote_replica(shard, new)).await;
+        a.remove_replica(shard, lost).await.unwrap();
+    }
+    let e = a.remove_node(lost).await.unwrap_err();
+    assert!(e.to_string().contains("metadata"), "{e}");
+    // ...then its metadata seat (refused until the new node is a caught-up learner).
+    let map = until_accepted("replace the metadata voter", || a.replace_meta_voter(lost, new)).await;
+    let mut expected = vec![ids[1], ids[2], new];
+    expected.sort_unstable();
+    assert_eq!(map.meta_voters, expected);
+    assert_eq!(
+        a.replace_meta_voter(lost, new).await.unwrap().meta_voters,
+        expected,
+        "idempotent"
+    );
+    let map = a.remove_node(lost).await.unwrap();
+    assert!(map.nodes.iter().all(|m| m.node_id != lost));
+    for i in 1..c.nodes.len() {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (mut voters, learners) = meta_members(&c, i).await;
+            voters.sort_unstable();
+            if voters == expected && !learners.contains(&lost) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "node {i} sees metadata voters {voters:?}, learners {learners:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // The proof that the seat moved: with another original node down, the
+    // metadata group still has a quorum (2 of {ids[1], ids[2], new}) and takes
+    // map changes; with the old voters ({lost, ids[1], ids[2]}) it would not.
+    c.nodes[1].kill9();
+    c.wait_all_leaders(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let s = a.remove_replica(0, ids[1]).await.unwrap();
+    assert!(!s.voters.contains(&ids[1]));
+    let map = a.cluster_map().await.unwrap();
+    assert!(!map.shards[0].voters.contains(&ids[1]), "{:?}", map.shards[0]);
+    let via_new = c.client_via(n);
+    for i in 0..50 {
+        let r = via_new
+            .get(format!("meta/{i:02}").as_bytes(), Consistency::Linearizable, 0)
+            .await
+            .unwrap();
+        assert_eq!(r.value, b"v");
+    }
+}
+
 fn free_mb(path: &std::path::Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(path).unwrap();
     st.blocks_available() as u64 * st.fragment_size() as u64 / (1 << 20)

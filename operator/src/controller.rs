@@ -314,6 +314,7 @@ async fn execute(kvc: &KVCluster, ctx: &Context, obs: &Observation, step: &Step)
         Step::AddReplica { pod, shard, node_id } => cluster()?.add_replica(pod, *shard, *node_id).await,
         Step::PromoteReplica { pod, shard, node_id } => cluster()?.promote_replica(pod, *shard, *node_id).await,
         Step::RemoveReplica { pod, shard, node_id } => cluster()?.remove_replica(pod, *shard, *node_id).await,
+        Step::ReplaceMetaVoter { pod, old, new } => cluster()?.replace_meta_voter(pod, *old, *new).await,
         Step::RemoveNode { pod, node_id } => cluster()?.remove_node(pod, *node_id).await,
         Step::DrainLeaders { pod } => nodes::set_drain(pod, &endpoint(pod)?, true).await,
         Step::UndrainLeaders { pod } => nodes::set_drain(pod, &endpoint(pod)?, false).await,

@@ -252,6 +252,17 @@ impl Cluster {
         Ok(())
     }
 
+    pub async fn replace_meta_voter(&self, pod: &str, old: u64, new: u64) -> Result<()> {
+        timed(
+            "ReplaceMetaVoter",
+            pod,
+            CHANGE_TIMEOUT,
+            self.admin.replace_meta_voter(old, new),
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn add_replica(&self, pod: &str, shard: u32, node_id: u64) -> Result<()> {
         timed(
             "AddReplica",

@@ -22,6 +22,9 @@
 //!   re-used. The new node is added, takes over each of the old node's shard
 //!   replicas (learner → caught-up voter) and only then is the old replica
 //!   removed, so a shard never has fewer live copies than before.
+//! - A lost node that was a metadata voter hands its seat to the new node
+//!   (a joint change the metadata leader refuses unless the new node is
+//!   caught up and both voter sets keep a live quorum) before it leaves the map.
 //! - A shard without a leader blocks membership changes: the operator cannot
 //!   tell a slow election from lost quorum, and the nodes refuse anyway.
 //! - Scale-down is refused (data would leave with the pod; not implemented).
@@ -64,6 +67,7 @@ pub enum BlockReason {
     ForeignCluster,
     QuorumLost,
     ScaleDownUnsupported,
+    MetaVoterUnplaceable,
 }
 
 impl BlockReason {
@@ -75,6 +79,7 @@ impl BlockReason {
             BlockReason::ForeignCluster => "ForeignCluster",
             BlockReason::QuorumLost => "QuorumLost",
             BlockReason::ScaleDownUnsupported => "ScaleDownUnsupported",
+            BlockReason::MetaVoterUnplaceable => "MetaVoterUnplaceable",
         }
     }
 }
@@ -114,6 +119,12 @@ pub enum Step {
         shard: u32,
         node_id: u64,
     },
+    /// Hand lost node `old`'s seat in the metadata group to `new` (the node now in `pod`).
+    ReplaceMetaVoter {
+        pod: String,
+        old: u64,
+        new: u64,
+    },
     /// Remove a lost node that no longer hosts anything from the map.
     RemoveNode {
         pod: String,
@@ -141,6 +152,7 @@ impl Step {
             Step::AddReplica { .. }
             | Step::PromoteReplica { .. }
             | Step::RemoveReplica { .. }
+            | Step::ReplaceMetaVoter { .. }
             | Step::RemoveNode { .. } => OperationKind::ReplaceMember,
             Step::DrainLeaders { .. } | Step::UndrainLeaders { .. } | Step::DeletePod { .. } => OperationKind::Upgrade,
         }
@@ -154,6 +166,7 @@ impl Step {
             | Step::AddReplica { pod, .. }
             | Step::PromoteReplica { pod, .. }
             | Step::RemoveReplica { pod, .. }
+            | Step::ReplaceMetaVoter { pod, .. }
             | Step::RemoveNode { pod, .. }
             | Step::DrainLeaders { pod }
             | Step::UndrainLeaders { pod }
@@ -169,6 +182,7 @@ impl Step {
             Step::AddReplica { shard, node_id, .. } => format!("AddReplica(shard {shard}, node {node_id})"),
             Step::PromoteReplica { shard, node_id, .. } => format!("PromoteReplica(shard {shard}, node {node_id})"),
             Step::RemoveReplica { shard, node_id, .. } => format!("RemoveReplica(shard {shard}, node {node_id})"),
+            Step::ReplaceMetaVoter { old, new, .. } => format!("ReplaceMetaVoter({old} -> {new})"),
             Step::RemoveNode { node_id, .. } => format!("RemoveNode({node_id})"),
             Step::DrainLeaders { .. } => "DrainLeaders".into(),
             Step::UndrainLeaders { .. } => "UndrainLeaders".into(),
@@ -301,9 +315,7 @@ pub fn plan(o: &Observed) -> Plan {
                     _ => OperationKind::AddNode,
                 };
                 work.push((kind, p));
-            } else if lost_ids(map, p, i)
-                .any(|old| map.shards.iter().any(|r| r.contains(old)) || !map.meta_voters.contains(&old))
-            {
+            } else if lost_ids(map, p, i).next().is_some() {
                 work.push((OperationKind::ReplaceMember, p));
             }
         } else if !i.joined {
@@ -476,15 +488,29 @@ fn replace(o: &Observed, map: &crate::model::MapObs, pod: &PodObs, info: &NodeIn
             node_id: old,
         });
     }
-    // The lost nodes host nothing now: drop them from the map, except a
-    // metadata voter, which the nodes cannot replace (reported in status).
-    if let Some(old) = lost.into_iter().find(|l| !map.meta_voters.contains(l)) {
-        return Action::Step(Step::RemoveNode {
+    // The lost nodes host no replicas now. A metadata voter hands its seat to
+    // the new node first (it is in the map, so the metadata group's leader
+    // has made it a learner; the node refuses until it is caught up).
+    if let Some(&old) = lost.iter().find(|l| map.meta_voters.contains(l)) {
+        if map.meta_voters.contains(&new) {
+            // Two lost voters at one address (nodes outside Kubernetes sharing
+            // a host) cannot both hand over to the one node now there.
+            return Action::Blocked {
+                reason: BlockReason::MetaVoterUnplaceable,
+                message: format!(
+                    "node {old} is a lost metadata voter, but node {new} at the same address already holds a metadata seat; hand node {old}'s seat to another caught-up node with `kvctl admin replace-meta-voter {old} <node>`"
+                ),
+            };
+        }
+        return Action::Step(Step::ReplaceMetaVoter { pod: target, old, new });
+    }
+    match lost.first() {
+        Some(&old) => Action::Step(Step::RemoveNode {
             pod: target,
             node_id: old,
-        });
+        }),
+        None => Action::Idle,
     }
-    Action::Idle
 }
 
 /// Rolling upgrade (and drain bookkeeping) once membership is settled.

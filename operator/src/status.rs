@@ -202,8 +202,8 @@ pub fn build(
     };
     conditions.push(condition(PROGRESSING, progressing, p_reason, p_msg, generation));
 
-    // Metadata voters are fixed at bootstrap and the nodes cannot replace one yet, so a lost
-    // one (a volume lost) stays in the map: say so rather than report a healthy cluster.
+    // A lost metadata voter (a volume lost) keeps its seat until the planner hands it to
+    // the node that replaced it: until then the group runs with fewer live voters.
     let live = o.live_nodes();
     let lost_meta: Vec<u64> = o.map.as_ref().map_or_else(Vec::new, |m| {
         m.meta_voters.iter().copied().filter(|v| !live.contains(v)).collect()
@@ -214,7 +214,7 @@ pub fn build(
     } else if !lost_meta.is_empty() {
         let total = o.map.as_ref().map_or(0, |m| m.meta_voters.len());
         format!(
-            "metadata voters {lost_meta:?} do not answer (the metadata group runs on {} of {total} voters; replacing a metadata voter is not supported by the nodes yet)",
+            "metadata voters {lost_meta:?} do not answer (the metadata group runs on {} of {total} voters until their seats are handed to live nodes)",
             total - lost_meta.len()
         )
     } else if degraded {

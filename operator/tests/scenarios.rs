@@ -3,7 +3,8 @@
 //! example RBAC (in-cluster config), the example KVCluster becomes Available
 //! with three real `raftkv-node` processes, kvctl-style traffic goes through
 //! the client Service, and the cluster survives a deleted pod and a pod whose
-//! volume was wiped without losing an acknowledged write.
+//! volume was wiped (a metadata voter, whose seat moves to the new node)
+//! without losing an acknowledged write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,8 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
-use raftkv_client::Client;
 use raftkv_client::kv_proto::Consistency;
+use raftkv_client::{Admin, Client};
 use raftkv_e2e::{Harness, TestNamespace, skip_requested};
 use raftkv_operator::Config;
 use raftkv_operator::crd::KVCluster;
@@ -196,6 +197,33 @@ async fn scenario(ns: &TestNamespace, operator: &str) -> anyhow::Result<()> {
         .find(|m| m.pod == "example-2")
         .context("no member")?;
     ensure!(member.replicas == 8, "example-2 hosts {} of 8 shards", member.replicas);
+    all_keys_readable(&client).await?;
+
+    // The lost node was a metadata voter: its seat goes to the new node and
+    // it leaves the map, so nothing stays degraded.
+    let new = member.node_id.context("example-2 has no node id")?;
+    ns.wait_until("the Degraded condition to clear", T, || async {
+        let kvc = ns.api::<KVCluster>().get("example").await?;
+        let status = kvc.status.unwrap_or_default();
+        let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+        Ok(match degraded {
+            Some(c) if c.status == "False" => Ok(()),
+            other => Err(format!("{other:?}")),
+        })
+    })
+    .await?;
+    let ip = ns.pod_ip("example-0").await?;
+    let map = Admin::new(&[format!("{ip}:2381")])?.cluster_map().await?;
+    ensure!(
+        map.meta_voters.contains(&new) && !map.meta_voters.contains(&old) && map.meta_voters.len() == 3,
+        "metadata voters {:?} (old node {old}, new node {new})",
+        map.meta_voters
+    );
+    ensure!(
+        map.nodes.len() == 3 && map.nodes.iter().all(|n| n.node_id != old),
+        "the lost node is still in the map: {:?}",
+        map.nodes.iter().map(|n| n.node_id).collect::<Vec<_>>()
+    );
     all_keys_readable(&client).await?;
     Ok(())
 }

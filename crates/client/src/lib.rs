@@ -258,6 +258,26 @@ impl Admin {
             .await
     }
 
+    /// Hands lost metadata voter `old_node_id`'s seat to `new_node_id`.
+    pub async fn replace_meta_voter(
+        &self,
+        old_node_id: u64,
+        new_node_id: u64,
+    ) -> Result<admin::ClusterMapResponse, ClientError> {
+        let req = admin::ReplaceMetaVoterRequest {
+            old_node_id,
+            new_node_id,
+        };
+        self.pool
+            .with_retry(|ch| async move {
+                AdminClient::new(ch)
+                    .replace_meta_voter(req)
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await
+    }
+
     pub async fn add_replica(&self, shard: u32, node_id: u64) -> Result<admin::ShardStatus, ClientError> {
         let req = admin::ReplicaRequest { shard, node_id };
         self.pool

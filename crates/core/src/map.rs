@@ -92,8 +92,10 @@ pub enum MapError {
     UnknownNode(NodeId),
     #[error("node {node} still hosts replicas of shards {shards:?}; move them first")]
     NodeStillHostsReplicas { node: NodeId, shards: Vec<ShardId> },
-    #[error("node {0} is a voter of the metadata group; it cannot be removed")]
+    #[error("node {0} is a voter of the metadata group; replace it (ReplaceMetaVoter) before removing it")]
     NodeIsMetaVoter(NodeId),
+    #[error("the metadata group needs at least one voter")]
+    NoMetaVoters,
 }
 
 impl ClusterMap {
@@ -188,6 +190,23 @@ impl ClusterMap {
         }
         let mut next = self.clone();
         next.nodes.remove(&id);
+        next.version += 1;
+        Ok(next)
+    }
+
+    /// Records the metadata group's voters as its Raft membership now has them.
+    pub fn with_meta_voters(&self, voters: &[NodeId]) -> Result<Self, MapError> {
+        if voters.is_empty() {
+            return Err(MapError::NoMetaVoters);
+        }
+        for n in voters {
+            self.node(*n)?;
+        }
+        let mut sorted = voters.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut next = self.clone();
+        next.meta_voters = sorted;
         next.version += 1;
         Ok(next)
     }
@@ -356,6 +375,30 @@ mod tests {
         assert_eq!(m3.version, 3);
         assert!(!m3.nodes.contains_key(&4));
         assert_eq!(m3.without_node(9), Err(MapError::UnknownNode(9)));
+    }
+
+    #[test]
+    fn meta_voter_changes_need_known_nodes_and_free_the_old_voter() {
+        let m = ClusterMap::bootstrap("c1".into(), nodes(&[1, 2, 3]), 1, 1).unwrap();
+        let m = m.with_node(4, addr(4)).unwrap();
+        // Node 1 hosts shard 0 only as long as the placement put it there; move it away first.
+        let m = m
+            .with_shard_replicas(
+                0,
+                ShardReplicas {
+                    voters: vec![4],
+                    learners: vec![],
+                },
+            )
+            .unwrap();
+        assert_eq!(m.without_node(1), Err(MapError::NodeIsMetaVoter(1)));
+        assert_eq!(m.with_meta_voters(&[2, 9, 3]), Err(MapError::UnknownNode(9)));
+        assert_eq!(m.with_meta_voters(&[]), Err(MapError::NoMetaVoters));
+        let next = m.with_meta_voters(&[4, 3, 2, 4]).unwrap();
+        assert_eq!(next.meta_voters, vec![2, 3, 4]);
+        assert_eq!(next.version, m.version + 1);
+        let gone = next.without_node(1).unwrap();
+        assert!(!gone.nodes.contains_key(&1));
     }
 
     #[test]

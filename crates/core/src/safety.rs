@@ -44,6 +44,31 @@ pub fn check_remove_voter(voters: &[NodeId], healthy: &[NodeId], node: NodeId) -
     Ok(())
 }
 
+/// Whether voter `old` can hand its seat to `new` (already caught up, checked
+/// by the caller) in one joint change: both the current voters and the new
+/// set must keep a quorum of `healthy` members, or the change cannot commit.
+pub fn check_replace_voter(voters: &[NodeId], healthy: &[NodeId], old: NodeId, new: NodeId) -> Result<(), Refusal> {
+    let next: Vec<NodeId> = voters
+        .iter()
+        .copied()
+        .filter(|&v| v != old)
+        .chain(std::iter::once(new))
+        .collect();
+    for set in [voters, next.as_slice()] {
+        let up = set.iter().filter(|v| healthy.contains(v)).count();
+        let quorum = majority(set.len());
+        if up < quorum {
+            return Err(Refusal::QuorumAtRisk {
+                node: old,
+                healthy: up,
+                remaining: set.len(),
+                quorum,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Whether a learner is close enough to the leader's log to become a voter
 /// without stalling commits.
 pub fn check_promote(node: NodeId, leader_last_index: u64, matched: Option<u64>, max_lag: u64) -> Result<(), Refusal> {
@@ -80,6 +105,36 @@ mod tests {
         assert_eq!(check_remove_voter(&[7], &[7], 7), Err(Refusal::LastVoter(7)));
         // Removing a non-voter changes nothing about quorum.
         assert_eq!(check_remove_voter(&[1, 2, 3], &[1, 2, 3], 9), Ok(()));
+    }
+
+    #[test]
+    fn replacing_a_voter_keeps_quorum_in_both_configurations() {
+        // 1 lost, 4 caught up: {1,2,3} has 2 of 3 up, {2,3,4} has 3 of 3.
+        assert_eq!(check_replace_voter(&[1, 2, 3], &[2, 3, 4], 1, 4), Ok(()));
+        // 1 and 2 lost: the current voters have no quorum, nothing can commit.
+        assert_eq!(
+            check_replace_voter(&[1, 2, 3], &[3, 4], 1, 4),
+            Err(Refusal::QuorumAtRisk {
+                node: 1,
+                healthy: 1,
+                remaining: 3,
+                quorum: 2
+            })
+        );
+        // 5 voters, 1 lost and 5 lagging: 3 of 5 up before, 4 of 5 after.
+        assert_eq!(check_replace_voter(&[1, 2, 3, 4, 5], &[2, 3, 4, 6], 1, 6), Ok(()));
+        // ...and with 4 lagging too, the current voters have 2 of 5 up.
+        assert_eq!(
+            check_replace_voter(&[1, 2, 3, 4, 5], &[2, 3, 6], 1, 6),
+            Err(Refusal::QuorumAtRisk {
+                node: 1,
+                healthy: 2,
+                remaining: 5,
+                quorum: 3
+            })
+        );
+        // A single voter hands over to a caught-up node.
+        assert_eq!(check_replace_voter(&[1], &[1, 2], 1, 2), Ok(()));
     }
 
     #[test]

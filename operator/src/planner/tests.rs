@@ -422,10 +422,18 @@ fn lost_volume_replaces_each_replica_learner_promote_remove() {
         "then the next shard"
     );
     o.map.as_mut().expect("map").shards[1].voters = vec![1, 3, 9];
-    // Node 2 is a metadata voter: it stays in the map and there is nothing more to do.
-    assert_eq!(plan(&o).action, Action::Idle);
-    // Were it not a metadata voter, it would be removed from the map.
-    o.map.as_mut().expect("map").meta_voters = vec![1];
+    // Node 2 hosts nothing now but is a metadata voter: its seat goes to node 9 first...
+    assert_eq!(
+        step(&o),
+        Step::ReplaceMetaVoter {
+            pod: target.clone(),
+            old: 2,
+            new: 9
+        }
+    );
+    assert_eq!(plan(&o).statefulset_replicas, 3);
+    // ...then it leaves the map.
+    o.map.as_mut().expect("map").meta_voters = vec![1, 3, 9];
     assert_eq!(
         step(&o),
         Step::RemoveNode {
@@ -433,6 +441,47 @@ fn lost_volume_replaces_each_replica_learner_promote_remove() {
             node_id: 2
         }
     );
+    o.map.as_mut().expect("map").nodes.remove(&2);
+    assert_eq!(plan(&o).action, Action::Idle);
+}
+
+#[test]
+fn a_lost_metadata_voter_waits_for_its_shards_before_its_seat_moves() {
+    // The seat moves only after every replica of the lost node has been replaced.
+    let mut o = replacing();
+    assert!(matches!(step(&o), Step::AddReplica { .. }));
+    for r in &mut o.map.as_mut().expect("map").shards {
+        r.voters = vec![1, 3, 9];
+    }
+    assert_eq!(
+        step(&o),
+        Step::ReplaceMetaVoter {
+            pod: "kv-1".into(),
+            old: 2,
+            new: 9
+        }
+    );
+    // Still recorded as part of replacing kv-1's member.
+    assert_eq!(step(&o).kind(), OperationKind::ReplaceMember);
+    assert_eq!(step(&o).phase(), "ReplaceMetaVoter(2 -> 9)");
+}
+
+#[test]
+fn a_lost_metadata_voter_whose_address_already_holds_a_seat_blocks() {
+    // Two lost voters at one address: the node there can take one seat only.
+    let mut o = replacing();
+    for r in &mut o.map.as_mut().expect("map").shards {
+        r.voters = vec![1, 3, 9];
+    }
+    o.map.as_mut().expect("map").meta_voters = vec![1, 2, 9];
+    let p = plan(&o);
+    match p.action {
+        Action::Blocked { reason, message } => {
+            assert_eq!(reason, BlockReason::MetaVoterUnplaceable);
+            assert!(message.contains("replace-meta-voter 2"), "{message}");
+        }
+        other => panic!("expected Blocked, got {other:?}"),
+    }
 }
 
 #[test]
