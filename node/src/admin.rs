@@ -241,6 +241,23 @@ impl AdminService {
     }
 }
 
+/// Sends the call (`req`, a `Copy` request) to `$g`'s leader unless this node
+/// leads `$g`, and returns the leader's answer from the handler; falls
+/// through when the call is to run here.
+macro_rules! forward_to_leader {
+    ($svc:expr, $g:expr, $forwarded:expr, $req:expr, $method:ident) => {
+        let req = $req;
+        if let Some(answer) = $svc
+            .forward_if_not_leader($g, $forwarded, move |mut c| {
+                Box::pin(async move { Ok(c.$method(hop(req)).await?.into_inner()) })
+            })
+            .await?
+        {
+            return Ok(Response::new(answer));
+        }
+    };
+}
+
 fn hop<T>(m: T) -> Request<T> {
     let mut r = Request::new(m);
     r.metadata_mut()
@@ -438,14 +455,7 @@ impl Admin for AdminService {
         // Refuse early (before leaving the metadata group) if the node still hosts replicas.
         map.without_node(id).map_err(refused)?;
         // The metadata group's leader takes the node out of the group (as a learner) first, then the map.
-        if let Some(m) = self
-            .forward_if_not_leader(GroupId::Meta, forwarded, move |mut c| {
-                Box::pin(async move { Ok(c.remove_node(hop(req)).await?.into_inner()) })
-            })
-            .await?
-        {
-            return Ok(Response::new(m));
-        }
+        forward_to_leader!(self, GroupId::Meta, forwarded, req, remove_node);
         let meta = self
             .host
             .group(GroupId::Meta)
@@ -483,14 +493,7 @@ impl Admin for AdminService {
             return Err(NodeError::BadRequest(format!("node {old} cannot replace itself")).into());
         }
         map.node(new).map_err(|e| refused(format!("{e}; add the node first")))?;
-        if let Some(m) = self
-            .forward_if_not_leader(GroupId::Meta, forwarded, move |mut c| {
-                Box::pin(async move { Ok(c.replace_meta_voter(hop(req)).await?.into_inner()) })
-            })
-            .await?
-        {
-            return Ok(Response::new(m));
-        }
+        forward_to_leader!(self, GroupId::Meta, forwarded, req, replace_meta_voter);
         let meta = self
             .host
             .group(GroupId::Meta)
@@ -547,14 +550,7 @@ impl Admin for AdminService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let (g, map) = self.shard(req.shard)?;
-        if let Some(s) = self
-            .forward_if_not_leader(g, forwarded, move |mut c| {
-                Box::pin(async move { Ok(c.add_replica(hop(req)).await?.into_inner()) })
-            })
-            .await?
-        {
-            return Ok(Response::new(s));
-        }
+        forward_to_leader!(self, g, forwarded, req, add_replica);
         map.node(req.node_id)
             .map_err(|e| refused(format!("{e}; add the node first")))?;
         let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
@@ -601,14 +597,7 @@ impl Admin for AdminService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let (g, _) = self.shard(req.shard)?;
-        if let Some(s) = self
-            .forward_if_not_leader(g, forwarded, move |mut c| {
-                Box::pin(async move { Ok(c.promote_replica(hop(req)).await?.into_inner()) })
-            })
-            .await?
-        {
-            return Ok(Response::new(s));
-        }
+        forward_to_leader!(self, g, forwarded, req, promote_replica);
         let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
         let m = group.metrics();
         let membership = m.membership_config.membership();
@@ -640,14 +629,7 @@ impl Admin for AdminService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let (g, map) = self.shard(req.shard)?;
-        if let Some(s) = self
-            .forward_if_not_leader(g, forwarded, move |mut c| {
-                Box::pin(async move { Ok(c.remove_replica(hop(req)).await?.into_inner()) })
-            })
-            .await?
-        {
-            return Ok(Response::new(s));
-        }
+        forward_to_leader!(self, g, forwarded, req, remove_replica);
         let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
         let membership = group.metrics().membership_config.membership().clone();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
@@ -716,14 +698,7 @@ impl Admin for AdminService {
             let group = self.host.group(g).expect("checked above");
             return Ok(Response::new(shard_status(self.host.id, &group)));
         }
-        if let Some(s) = self
-            .forward_if_not_leader(g, forwarded, move |mut c| {
-                Box::pin(async move { Ok(c.transfer_leader(hop(req)).await?.into_inner()) })
-            })
-            .await?
-        {
-            return Ok(Response::new(s));
-        }
+        forward_to_leader!(self, g, forwarded, req, transfer_leader);
         let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
         let m = group.metrics();
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
