@@ -37,7 +37,7 @@ use crate::crd::{KVCluster, KVClusterStatus};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::{Observation, observe};
-use crate::planner::{Action, Plan, Step, plan};
+use crate::planner::{Action, Move, Plan, Step, plan};
 use crate::resources::{self, MANAGER};
 use crate::{nodes, status};
 
@@ -316,6 +316,12 @@ async fn execute(kvc: &KVCluster, ctx: &Context, obs: &Observation, step: &Step)
         Step::RemoveReplica { pod, shard, node_id } => cluster()?.remove_replica(pod, *shard, *node_id).await,
         Step::ReplaceMetaVoter { pod, old, new } => cluster()?.replace_meta_voter(pod, *old, *new).await,
         Step::RemoveNode { pod, node_id } => cluster()?.remove_node(pod, *node_id).await,
+        Step::Rebalance(Move::Add { pod, shard, node_id }) => cluster()?.add_replica(pod, *shard, *node_id).await,
+        Step::Rebalance(Move::Promote { pod, shard, node_id }) => {
+            cluster()?.promote_replica(pod, *shard, *node_id).await
+        }
+        Step::Rebalance(Move::Remove { pod, shard, node_id }) => cluster()?.remove_replica(pod, *shard, *node_id).await,
+        Step::TransferLeader { pod, shard, to } => cluster()?.transfer_leader(pod, *shard, *to).await,
         Step::DrainLeaders { pod } => nodes::set_drain(pod, &endpoint(pod)?, true).await,
         Step::UndrainLeaders { pod } => nodes::set_drain(pod, &endpoint(pod)?, false).await,
         Step::DeletePod { pod } => {

@@ -334,6 +334,8 @@ pub enum OperationKind {
     AddNode,
     ReplaceMember,
     Upgrade,
+    /// Replicas or leaders moved to even out the nodes (after scale-up).
+    Rebalance,
 }
 
 impl KVCluster {

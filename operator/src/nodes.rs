@@ -252,6 +252,17 @@ impl Cluster {
         Ok(())
     }
 
+    pub async fn transfer_leader(&self, pod: &str, shard: u32, to: u64) -> Result<()> {
+        timed(
+            "TransferLeader",
+            pod,
+            CHANGE_TIMEOUT,
+            self.admin.transfer_leader(shard, to),
+        )
+        .await?;
+        Ok(())
+    }
+
     pub async fn replace_meta_voter(&self, pod: &str, old: u64, new: u64) -> Result<()> {
         timed(
             "ReplaceMetaVoter",

@@ -130,6 +130,12 @@ pub enum Step {
         pod: String,
         node_id: u64,
     },
+    /// Move `shard`'s leadership to `to` (the node in `pod`), to even out leaders.
+    TransferLeader {
+        pod: String,
+        shard: u32,
+        to: u64,
+    },
     /// Make the node in `pod` hand off its leaderships before a restart.
     DrainLeaders {
         pod: String,
@@ -142,6 +148,32 @@ pub enum Step {
     DeletePod {
         pod: String,
     },
+    /// One step of moving a shard replica from a loaded node to a light one.
+    Rebalance(Move),
+}
+
+/// A replica move, learner first: `Add` (to) → `Promote` (to) → `Remove` (from).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Move {
+    Add { pod: String, shard: u32, node_id: u64 },
+    Promote { pod: String, shard: u32, node_id: u64 },
+    Remove { pod: String, shard: u32, node_id: u64 },
+}
+
+impl Move {
+    fn pod(&self) -> &str {
+        match self {
+            Move::Add { pod, .. } | Move::Promote { pod, .. } | Move::Remove { pod, .. } => pod,
+        }
+    }
+
+    fn phase(&self) -> String {
+        match self {
+            Move::Add { shard, node_id, .. } => format!("AddReplica(shard {shard}, node {node_id})"),
+            Move::Promote { shard, node_id, .. } => format!("PromoteReplica(shard {shard}, node {node_id})"),
+            Move::Remove { shard, node_id, .. } => format!("RemoveReplica(shard {shard}, node {node_id})"),
+        }
+    }
 }
 
 impl Step {
@@ -155,6 +187,7 @@ impl Step {
             | Step::ReplaceMetaVoter { .. }
             | Step::RemoveNode { .. } => OperationKind::ReplaceMember,
             Step::DrainLeaders { .. } | Step::UndrainLeaders { .. } | Step::DeletePod { .. } => OperationKind::Upgrade,
+            Step::Rebalance(_) | Step::TransferLeader { .. } => OperationKind::Rebalance,
         }
     }
 
@@ -171,6 +204,8 @@ impl Step {
             | Step::DrainLeaders { pod }
             | Step::UndrainLeaders { pod }
             | Step::DeletePod { pod } => pod,
+            Step::Rebalance(m) => m.pod(),
+            Step::TransferLeader { pod, .. } => pod,
         }
     }
 
@@ -187,6 +222,8 @@ impl Step {
             Step::DrainLeaders { .. } => "DrainLeaders".into(),
             Step::UndrainLeaders { .. } => "UndrainLeaders".into(),
             Step::DeletePod { .. } => "RestartPod".into(),
+            Step::Rebalance(m) => m.phase(),
+            Step::TransferLeader { shard, to, .. } => format!("TransferLeader(shard {shard} to node {to})"),
         }
     }
 }
@@ -358,7 +395,10 @@ pub fn plan(o: &Observed) -> Plan {
         .map(|n| o.pod(n).map_or_else(|| format!("pod {n} not created"), pod_unreachable))
         .collect();
 
-    plan(upgrade(o, missing))
+    plan(match upgrade(o, missing) {
+        Action::Idle => rebalance(o, map),
+        other => other,
+    })
 }
 
 fn pod_unreachable(p: &PodObs) -> String {
@@ -511,6 +551,85 @@ fn replace(o: &Observed, map: &crate::model::MapObs, pod: &PodObs, info: &NodeIn
         }),
         None => Action::Idle,
     }
+}
+
+/// Evens out replicas, then leaders, over the live nodes once everything
+/// else is settled (every node serving, every shard led): a node added by
+/// scale-up starts empty. One replica at a time, never below the
+/// replication factor: the new replica is a caught-up voter before the old
+/// one is removed. A move cut short is finished first, recognised from the
+/// map alone (a learner on a live node; more voters than the replication
+/// factor), so a restarted operator needs no memory of it.
+fn rebalance(o: &Observed, map: &crate::model::MapObs) -> Action {
+    let pod_of = |node: u64| o.joined().find(|(_, i)| i.node_id == node).map(|(p, _)| p.name.clone());
+    let live = o.live_nodes();
+    let nodes: Vec<u64> = map.nodes.keys().copied().filter(|n| live.contains(n)).collect();
+    if nodes.len() != map.nodes.len() || (0..map.shard_count).any(|s| !o.has_leader(s)) {
+        return Action::Idle;
+    }
+    let load = |n: u64| map.shards.iter().filter(|r| r.contains(n)).count();
+    let rf = map.replication_factor as usize;
+    // A move cut short: promote its learner, or drop the extra voter on the busiest node.
+    for (shard, r) in map.shards.iter().enumerate() {
+        let shard = shard as u32;
+        if let Some(&l) = r.learners.iter().find(|l| nodes.contains(l))
+            && let Some(pod) = pod_of(l)
+        {
+            return Action::Step(Step::Rebalance(Move::Promote { pod, shard, node_id: l }));
+        }
+        if r.voters.len() > rf
+            && let Some(&v) = r.voters.iter().max_by_key(|v| (load(**v), std::cmp::Reverse(**v)))
+            && let Some(pod) = pod_of(v)
+        {
+            return Action::Step(Step::Rebalance(Move::Remove { pod, shard, node_id: v }));
+        }
+    }
+    // Lightest and busiest nodes (lowest id first on ties, so the plan is deterministic).
+    let lightest = nodes.iter().copied().min_by_key(|n| (load(*n), *n));
+    let busiest = nodes.iter().copied().max_by_key(|n| (load(*n), std::cmp::Reverse(*n)));
+    if let (Some(to), Some(from)) = (lightest, busiest)
+        && load(from) >= load(to) + 2
+        && let Some(shard) = (0..map.shard_count).find(|&s| {
+            let r = &map.shards[s as usize];
+            r.voters.contains(&from) && !r.contains(to) && r.voters.len() == rf && r.learners.is_empty()
+        })
+        && let Some(pod) = pod_of(to)
+    {
+        return Action::Step(Step::Rebalance(Move::Add {
+            pod,
+            shard,
+            node_id: to,
+        }));
+    }
+    balance_leaders(o, map, &nodes).unwrap_or(Action::Idle)
+}
+
+/// A leadership from the node leading the most shards to a voter of that
+/// shard leading at least two fewer, or None when leaders are even.
+fn balance_leaders(o: &Observed, map: &crate::model::MapObs, nodes: &[u64]) -> Option<Action> {
+    let leads: Vec<(u64, &str, Vec<u32>)> = o
+        .joined()
+        .filter(|(_, i)| nodes.contains(&i.node_id) && !i.draining)
+        .map(|(p, i)| {
+            let led = i.shards.iter().filter(|s| s.leading).map(|s| s.shard).collect();
+            (i.node_id, p.name.as_str(), led)
+        })
+        .collect();
+    let (from, _, led) = leads.iter().max_by_key(|(n, _, l)| (l.len(), std::cmp::Reverse(*n)))?;
+    let mut candidates: Vec<&(u64, &str, Vec<u32>)> =
+        leads.iter().filter(|(_, _, l)| l.len() + 2 <= led.len()).collect();
+    candidates.sort_by_key(|(n, _, l)| (l.len(), *n));
+    for (to, pod, _) in candidates {
+        if let Some(&shard) = led.iter().find(|s| map.shards[**s as usize].voters.contains(to)) {
+            debug_assert_ne!(from, to);
+            return Some(Action::Step(Step::TransferLeader {
+                pod: pod.to_string(),
+                shard,
+                to: *to,
+            }));
+        }
+    }
+    None
 }
 
 /// Rolling upgrade (and drain bookkeeping) once membership is settled.

@@ -29,9 +29,9 @@ pub fn shard_summary(o: &Observed) -> Option<ShardSummary> {
         ..Default::default()
     };
     for (shard, r) in map.shards.iter().enumerate() {
-        let full = r.voters.len() as u32 >= map.replication_factor
-            && r.learners.is_empty()
-            && r.voters.iter().all(|v| live.contains(v));
+        // Enough live voters; a learner (a replica still catching up during
+        // a move) neither adds to nor takes from that.
+        let full = r.voters.iter().filter(|v| live.contains(v)).count() as u32 >= map.replication_factor;
         if full {
             s.fully_replicated += 1;
         } else {
@@ -290,5 +290,6 @@ fn kind_reason(kind: crate::crd::OperationKind) -> &'static str {
         AddNode => "AddingNode",
         ReplaceMember => "ReplacingMember",
         Upgrade => "Upgrading",
+        Rebalance => "Rebalancing",
     }
 }

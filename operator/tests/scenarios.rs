@@ -91,6 +91,40 @@ async fn install_crd(ns: &TestNamespace) -> anyhow::Result<()> {
     .await
 }
 
+/// An operator run in the test process, watching only the test's namespace.
+fn in_process_config(ns: &TestNamespace) -> Config {
+    let mut c = Config::new();
+    c.namespace = Some(ns.name().to_string());
+    // The test runs on the host, which reaches pod IPs through the harness
+    // network but cannot resolve cluster DNS names.
+    c.admin_address = Arc::new(PodIp);
+    c
+}
+
+/// Runs `scenario` with an in-process operator, stopped afterwards either way.
+async fn with_operator(
+    ns: &TestNamespace,
+    scenario: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let operator = tokio::spawn(raftkv_operator::run(ns.client(), in_process_config(ns), stop.clone()));
+    let result = scenario.await;
+    stop.cancel();
+    let _ = operator.await;
+    result
+}
+
+async fn client_service(ns: &TestNamespace) -> anyhow::Result<Client> {
+    let ip = ns
+        .api::<Service>()
+        .get("example")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("client Service has no ClusterIP")?;
+    Ok(Client::new(&[format!("{ip}:2379")])?)
+}
+
 fn node_id(kvc: &KVCluster, pod: &str) -> Option<u64> {
     kvc.status.as_ref()?.members.iter().find(|m| m.pod == pod)?.node_id
 }
@@ -137,12 +171,7 @@ async fn scenario(ns: &TestNamespace, operator: &str) -> anyhow::Result<()> {
     let kvc = available(ns, "the example KVCluster to become Available").await?;
 
     // Writes through the client Service, as a user's kvctl would.
-    let svc = ns.api::<Service>().get("example").await?;
-    let ip = svc
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("client Service has no ClusterIP")?;
-    let client = Client::new(&[format!("{ip}:2379")])?;
+    let client = client_service(ns).await?;
     for i in 0..KEYS {
         client
             .put(format!("key/{i}").as_bytes(), format!("value-{i}").as_bytes(), 0)
@@ -240,14 +269,7 @@ async fn e2e_operator_killed_mid_bootstrap_converges() {
     h.run_in_namespace("kvc-crash", |ns| async move {
         install_crd(&ns).await?;
         ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
-        let config = || {
-            let mut c = Config::new();
-            c.namespace = Some(ns.name().to_string());
-            // The test runs on the host, which reaches pod IPs through the
-            // harness network but cannot resolve cluster DNS names.
-            c.admin_address = Arc::new(PodIp);
-            c
-        };
+        let config = || in_process_config(&ns);
         let first = tokio::spawn(raftkv_operator::run(ns.client(), config(), CancellationToken::new()));
         let events = ns.api::<Event>();
         ns.wait_until("the operator to announce the bootstrap", T, || async {
@@ -307,15 +329,7 @@ async fn e2e_operator_rolls_a_version_change_one_pod_at_a_time() {
     h.run_in_namespace("kvc-upgrade", |ns| async move {
         install_crd(&ns).await?;
         ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
-        let mut config = Config::new();
-        config.namespace = Some(ns.name().to_string());
-        config.admin_address = Arc::new(PodIp);
-        let stop = CancellationToken::new();
-        let operator = tokio::spawn(raftkv_operator::run(ns.client(), config, stop.clone()));
-        let result = rolling_upgrade(&ns).await;
-        stop.cancel();
-        let _ = operator.await;
-        result
+        with_operator(&ns, rolling_upgrade(&ns)).await
     })
     .await
     .unwrap();
@@ -328,14 +342,7 @@ async fn rolling_upgrade(ns: &TestNamespace) -> anyhow::Result<()> {
     for p in pods {
         uids.push(ns.pod(p).await?.metadata.uid);
     }
-    let ip = ns
-        .api::<Service>()
-        .get("example")
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("client Service has no ClusterIP")?;
-    let client = Client::new(&[format!("{ip}:2379")])?;
+    let client = client_service(ns).await?;
 
     // A writer that keeps going through the whole rollout.
     let done = CancellationToken::new();
@@ -442,4 +449,79 @@ async fn rolling_upgrade(ns: &TestNamespace) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Scale-up: a fourth node joins and the operator moves replicas onto it
+/// (learner, caught up, promoted, then the old copy removed) and evens out
+/// leaders, until every node hosts 6 of the 24 replicas; no key is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_operator_scale_up_moves_replicas_and_leaders_onto_the_new_node() {
+    if skip_requested("e2e_operator_scale_up_moves_replicas_and_leaders_onto_the_new_node") {
+        return;
+    }
+    let h = Harness::get().await.expect("cluster");
+    h.run_in_namespace("kvc-scale", |ns| async move {
+        install_crd(&ns).await?;
+        ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
+        with_operator(&ns, scale_up(&ns)).await
+    })
+    .await
+    .unwrap();
+}
+
+async fn scale_up(ns: &TestNamespace) -> anyhow::Result<()> {
+    available(ns, "the example KVCluster to become Available").await?;
+    let client = client_service(ns).await?;
+    for i in 0..KEYS {
+        client
+            .put(format!("key/{i}").as_bytes(), format!("value-{i}").as_bytes(), 0)
+            .await
+            .with_context(|| format!("put key/{i}"))?;
+    }
+    let api = ns.api::<KVCluster>();
+    api.patch(
+        "example",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 4}})),
+    )
+    .await?;
+    let kvc = ns
+        .wait_until("4 nodes hosting 6 replicas and leading 2 shards each", T, || async {
+            let kvc = api.get("example").await?;
+            let status = kvc.status.clone().unwrap_or_default();
+            let available = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            let spread: Vec<(i32, i32)> = status.members.iter().map(|m| (m.replicas, m.leaders)).collect();
+            let even = spread.len() == 4 && spread.iter().all(|(r, l)| *r == 6 && *l == 2);
+            Ok(if available && even && status.operation.is_none() {
+                Ok(kvc)
+            } else {
+                Err(format!(
+                    "(replicas, leaders) per member {spread:?}, operation {:?}",
+                    status.operation
+                ))
+            })
+        })
+        .await?;
+    let ip = ns.pod_ip("example-3").await?;
+    let map = Admin::new(&[format!("{ip}:2381")])?.cluster_map().await?;
+    ensure!(map.nodes.len() == 4, "{} nodes in the map", map.nodes.len());
+    for s in &map.shards {
+        ensure!(s.voters.len() == 3 && s.learners.is_empty(), "shard {}: {s:?}", s.shard);
+    }
+    let events = ns.api::<Event>().list(&ListParams::default()).await?;
+    ensure!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("RebalanceSucceeded")),
+        "no RebalanceSucceeded Event"
+    );
+    ensure!(
+        kvc.status
+            .is_some_and(|s| s.shards.is_some_and(|s| s.under_replicated == 0))
+    );
+    all_keys_readable(&client).await
 }

@@ -761,3 +761,185 @@ fn nodes_sharing_a_host_are_told_apart_by_port() {
     lost.pods[1] = fresh;
     assert!(matches!(step(&lost), Step::AddNode { member, .. } if member.node_id == 9));
 }
+
+/// `healthy()` scaled up: node 4 on pod kv-3 has joined and hosts nothing.
+fn scaled_up() -> Observed {
+    let mut o = healthy();
+    o.desired.replicas = 4;
+    o.statefulset_replicas = Some(4);
+    o.pods.push(joined(3, 4, &[], &[]));
+    o.map.as_mut().expect("map").nodes.insert(4, addr(3));
+    o
+}
+
+fn rebalance_step(o: &Observed) -> Move {
+    match step(o) {
+        Step::Rebalance(m) => m,
+        other => panic!("expected a rebalance step, got {other:?}"),
+    }
+}
+
+#[test]
+fn scale_up_moves_one_replica_at_a_time_learner_first() {
+    let mut o = scaled_up();
+    // Loads 2,2,2,0: shard 0 moves from node 1 (busiest, lowest id) to node 4.
+    assert_eq!(
+        rebalance_step(&o),
+        Move::Add {
+            pod: "kv-3".into(),
+            shard: 0,
+            node_id: 4
+        }
+    );
+    assert_eq!(step(&o).kind(), OperationKind::Rebalance);
+    o.map.as_mut().expect("map").shards[0].learners = vec![4];
+    assert_eq!(
+        rebalance_step(&o),
+        Move::Promote {
+            pod: "kv-3".into(),
+            shard: 0,
+            node_id: 4
+        }
+    );
+    o.map.as_mut().expect("map").shards[0] = Replicas {
+        voters: vec![1, 2, 3, 4],
+        learners: vec![],
+    };
+    // The extra voter on the busiest node goes, never the one just added.
+    assert_eq!(
+        rebalance_step(&o),
+        Move::Remove {
+            pod: "kv-0".into(),
+            shard: 0,
+            node_id: 1
+        }
+    );
+    o.map.as_mut().expect("map").shards[0].voters = vec![2, 3, 4];
+    // Loads 1,2,2,1: within one of each other.
+    assert_eq!(plan(&o).action, Action::Idle);
+}
+
+#[test]
+fn rebalance_evens_out_a_larger_cluster_without_dropping_below_the_replication_factor() {
+    // Drive the planner to convergence on a model that applies each step.
+    let mut o = scaled_up();
+    let map = o.map.as_mut().expect("map");
+    map.shard_count = 8;
+    map.shards = vec![
+        Replicas {
+            voters: vec![1, 2, 3],
+            learners: vec![],
+        };
+        8
+    ];
+    o.desired.shards = 8;
+    for p in &mut o.pods {
+        if let NodeObs::Up(i) = &mut p.node
+            && i.node_id == 1
+        {
+            i.shards = (0..8)
+                .map(|s| ShardObs {
+                    shard: s,
+                    leading: true,
+                })
+                .collect();
+        }
+    }
+    let mut steps = 0;
+    while let Action::Step(s) = plan(&o).action {
+        steps += 1;
+        assert!(steps < 100, "no convergence");
+        let map = o.map.as_mut().expect("map");
+        match s {
+            Step::Rebalance(Move::Add { shard, node_id, .. }) => map.shards[shard as usize].learners.push(node_id),
+            Step::Rebalance(Move::Promote { shard, node_id, .. }) => {
+                let r = &mut map.shards[shard as usize];
+                r.learners.retain(|l| *l != node_id);
+                r.voters.push(node_id);
+            }
+            Step::Rebalance(Move::Remove { shard, node_id, .. }) => {
+                map.shards[shard as usize].voters.retain(|v| *v != node_id)
+            }
+            Step::TransferLeader { shard, to, .. } => {
+                for p in &mut o.pods {
+                    if let NodeObs::Up(i) = &mut p.node {
+                        i.shards.retain(|x| x.shard != shard);
+                        if i.node_id == to || map.shards[shard as usize].voters.contains(&i.node_id) {
+                            i.shards.push(ShardObs {
+                                shard,
+                                leading: i.node_id == to,
+                            });
+                        }
+                    }
+                }
+            }
+            other => panic!("unexpected step {other:?}"),
+        }
+        for r in &map.shards {
+            assert!(r.voters.len() >= 3, "a shard fell below its replication factor: {r:?}");
+        }
+    }
+    let map = o.map.as_ref().expect("map");
+    let loads: Vec<usize> = (1..=4)
+        .map(|n| map.shards.iter().filter(|r| r.contains(n)).count())
+        .collect();
+    assert_eq!(loads.iter().sum::<usize>(), 24);
+    assert!(loads.iter().all(|l| *l == 6), "replicas per node: {loads:?}");
+    let leads: Vec<usize> = o
+        .pods
+        .iter()
+        .filter_map(|p| p.info())
+        .map(|i| i.shards.iter().filter(|s| s.leading).count())
+        .collect();
+    assert!(leads.iter().all(|l| *l == 2), "leaders per node: {leads:?}");
+    // 6 moves of 3 steps each, then the leader transfers.
+    assert!(steps >= 18, "{steps} steps");
+}
+
+#[test]
+fn leaders_move_to_a_voter_leading_at_least_two_fewer() {
+    let mut o = healthy();
+    o.pods[0] = joined(0, 1, &[0, 1], &[0, 1]);
+    o.pods[1] = joined(1, 2, &[0, 1], &[]);
+    assert_eq!(
+        step(&o),
+        Step::TransferLeader {
+            pod: "kv-1".into(),
+            shard: 0,
+            to: 2
+        }
+    );
+    // A draining node (an upgrade under way) is left alone: the upgrade goes first.
+    let mut drained = o.clone();
+    if let NodeObs::Up(i) = &mut drained.pods[1].node {
+        i.draining = true;
+    }
+    assert!(!matches!(step(&drained), Step::TransferLeader { to: 2, .. }));
+}
+
+#[test]
+fn no_rebalance_while_a_node_is_down_or_a_shard_is_leaderless() {
+    let mut o = scaled_up();
+    o.pods[2] = unreachable(2);
+    assert!(!matches!(plan(&o).action, Action::Step(Step::Rebalance(_))));
+    let mut o = scaled_up();
+    o.pods[0] = joined(0, 1, &[0, 1], &[]);
+    o.pods[1] = joined(1, 2, &[0, 1], &[]);
+    assert!(!o.has_leader(0));
+    assert_eq!(plan(&o).action, Action::Idle);
+}
+
+#[test]
+fn a_learner_on_a_node_that_left_is_not_promoted() {
+    let mut o = scaled_up();
+    o.map.as_mut().expect("map").shards[1].learners = vec![7];
+    // Node 7 is not a live member: the planner moves on to a fresh move instead.
+    assert_eq!(
+        rebalance_step(&o),
+        Move::Add {
+            pod: "kv-3".into(),
+            shard: 0,
+            node_id: 4
+        }
+    );
+}
