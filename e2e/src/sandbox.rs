@@ -243,6 +243,12 @@ impl Root {
 
 /// Builds the sandbox and execs the container; returns only on failure.
 pub fn enter(spec: &SandboxSpec) -> Result<std::convert::Infallible> {
+    // The binary is opened on the host, before anything is hidden: it may
+    // live under /tmp or /run (a target dir there), which the pod gets fresh.
+    let program = io(
+        format!("open {}", spec.program.display()),
+        std::fs::File::open(&spec.program),
+    )?;
     let ns = io(
         format!("open {}", spec.netns.display()),
         std::fs::File::open(&spec.netns),
@@ -347,10 +353,16 @@ pub fn enter(spec: &SandboxSpec) -> Result<std::convert::Infallible> {
     sys("chdir root", nix::unistd::chdir(&dir))?;
     sys("chroot", nix::unistd::chroot("."))?;
     sys(format!("chdir {workdir}"), nix::unistd::chdir(workdir.as_str()))?;
-    exec(&spec.program, &spec.argv, &spec.env)
+    exec(&spec.program, Some(&program), &spec.argv, &spec.env)
 }
 
-fn exec(program: &Path, argv: &[String], env: &[(String, String)]) -> Result<std::convert::Infallible> {
+/// Execs `program` (through `opened`, a descriptor of it, when given).
+fn exec(
+    program: &Path,
+    opened: Option<&std::fs::File>,
+    argv: &[String],
+    env: &[(String, String)],
+) -> Result<std::convert::Infallible> {
     // setsid: the container is its own process group, so the runner can
     // stop or kill everything it started at once.
     sys("setsid", nix::unistd::setsid())?;
@@ -360,10 +372,11 @@ fn exec(program: &Path, argv: &[String], env: &[(String, String)]) -> Result<std
         .iter()
         .map(|(k, v)| cstring(format!("{k}={v}")))
         .collect::<Result<_>>()?;
-    sys(
-        format!("exec {}", program.display()),
-        nix::unistd::execve(&prog, &argv, &env),
-    )
+    let what = format!("exec {}", program.display());
+    match opened {
+        Some(file) => sys(what, nix::unistd::fexecve(file, &argv, &env)),
+        None => sys(what, nix::unistd::execve(&prog, &argv, &env)),
+    }
 }
 
 /// Runs `argv` inside the namespaces and root of container process `pid`
@@ -412,7 +425,7 @@ pub fn join(pid: i32, argv: &[String]) -> Result<std::convert::Infallible> {
                 )
             })?
     };
-    exec(&program, argv, &env)
+    exec(&program, None, argv, &env)
 }
 
 /// The parts of `p` a walk inside the sandbox root follows: names and `..`

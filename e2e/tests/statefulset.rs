@@ -394,3 +394,37 @@ async fn crashing_and_unhealthy_containers_restart_and_readiness_is_reported() -
     })
     .await
 }
+
+/// A binary under /tmp (say, a target dir there) runs although the pod's
+/// own /tmp is a fresh tmpfs: the runner opens it before building the root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_under_tmp_runs_in_a_pod() -> anyhow::Result<()> {
+    if skip_requested("a_binary_under_tmp_runs_in_a_pod") {
+        return Ok(());
+    }
+    let h = Harness::get().await?;
+    let dir = tempfile::Builder::new().prefix("raftkv-e2e-bin-").tempdir_in("/tmp")?;
+    let echo = raftkv_e2e::harness::bin_dir().join("raftkv-e2e-echo");
+    let copy = dir.path().join("raftkv-e2e-echo");
+    std::fs::copy(&echo, &copy).with_context(|| format!("copy {}", echo.display()))?;
+    let tag = format!("raftkv/e2e-echo:tmp-{:04x}", rand::random::<u16>());
+    h.map_image(&tag, &copy)?;
+    h.run_in_namespace("tmpbin", |ns| async move {
+        ns.apply_yaml(&single_pod("tmpbin", "", "").replace("raftkv/e2e-echo:test", &tag))
+            .await?;
+        ns.wait_until("tmpbin to run", T, || async {
+            let p = ns.pod("tmpbin").await?;
+            Ok(if raftkv_e2e::harness::is_ready(&p) {
+                Ok(())
+            } else {
+                Err(describe_pod(&p))
+            })
+        })
+        .await?;
+        let pid = pid_of(&ns, "tmpbin")?;
+        let exe = exe_of(pid).unwrap_or_default();
+        ensure!(exe.starts_with("/tmp/raftkv-e2e-bin-"), "pod runs {exe}");
+        Ok(())
+    })
+    .await
+}
