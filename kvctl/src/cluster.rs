@@ -38,7 +38,8 @@ pub enum AdminCmd {
     AddNode { endpoint: String },
     /// Remove a node that hosts no replicas.
     RemoveNode { node: u64 },
-    /// Hand metadata voter OLD's seat (a lost node) to NODE, a member caught up as a learner.
+    /// Hand metadata voter OLD's seat (a lost node) to NODE, a member caught up as a learner
+    /// (NODE 0: give the seat up, when every staying node already has one).
     ReplaceMetaVoter { old: u64, node: u64 },
     /// Add NODE as a learner of SHARD (it catches up by snapshot if needed).
     AddReplica { shard: u32, node: u64 },

@@ -492,7 +492,9 @@ impl Admin for AdminService {
         if old == new {
             return Err(NodeError::BadRequest(format!("node {old} cannot replace itself")).into());
         }
-        map.node(new).map_err(|e| refused(format!("{e}; add the node first")))?;
+        if new != 0 {
+            map.node(new).map_err(|e| refused(format!("{e}; add the node first")))?;
+        }
         forward_to_leader!(self, GroupId::Meta, forwarded, req, replace_meta_voter);
         let meta = self
             .host
@@ -502,8 +504,12 @@ impl Admin for AdminService {
         let membership = m.membership_config.membership();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         // Already done (a retry, perhaps after the map update was cut short): only record it.
-        let done = voters.contains(&new) && !voters.contains(&old);
-        if !done {
+        let done = (new == 0 || voters.contains(&new)) && !voters.contains(&old);
+        if new == 0 && !done {
+            safety::check_remove_voter(&voters, &self.healthy_voters(&meta), old).map_err(refused)?;
+            change_membership(&meta, ChangeMembers::RemoveVoters(BTreeSet::from([old]))).await?;
+            tracing::info!(old, "metadata voter removed");
+        } else if !done {
             if !voters.contains(&old) {
                 return Err(refused(format!(
                     "node {old} is not a voter of the metadata group (voters {voters:?})"

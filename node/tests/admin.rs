@@ -477,6 +477,23 @@ async fn a_lost_metadata_voter_hands_its_seat_to_a_new_node_and_leaves() {
             .unwrap();
         assert_eq!(r.value, b"v");
     }
+
+    // Giving a seat up without a replacement (new node 0, as scale-down does):
+    // refused for a live voter, whose loss would leave 1 live voter of 2...
+    let e = a.replace_meta_voter(ids[2], 0).await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("quorum"), "{e}");
+    // ...accepted for the dead one, leaving the two live voters.
+    let map = a.replace_meta_voter(ids[1], 0).await.unwrap();
+    let mut two = vec![ids[2], new];
+    two.sort_unstable();
+    assert_eq!(map.meta_voters, two);
+    assert_eq!(
+        a.replace_meta_voter(ids[1], 0).await.unwrap().meta_voters,
+        two,
+        "idempotent"
+    );
+    client.put(b"meta/after", b"v", 0).await.unwrap();
 }
 
 fn free_mb(path: &std::path::Path) -> u64 {
