@@ -19,7 +19,7 @@ use raftkv_client::kv_proto::Consistency;
 use raftkv_client::{Admin, Client};
 use raftkv_e2e::{Harness, TestNamespace, skip_requested};
 use raftkv_operator::Config;
-use raftkv_operator::crd::KVCluster;
+use raftkv_operator::crd::{KVCluster, KVClusterStatus};
 use raftkv_operator::nodes::PodIp;
 use tokio_util::sync::CancellationToken;
 
@@ -59,10 +59,7 @@ async fn available(ns: &TestNamespace, what: &str) -> anyhow::Result<KVCluster> 
         async move {
             let kvc = api.get("example").await?;
             let status = kvc.status.clone().unwrap_or_default();
-            let ok = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True");
+            let ok = condition_true(&status, "Available");
             let replicated = status.shards.as_ref().is_some_and(|s| s.under_replicated == 0);
             Ok(if ok && replicated {
                 Ok(kvc)
@@ -101,11 +98,14 @@ fn in_process_config(ns: &TestNamespace) -> Config {
     c
 }
 
-/// Runs `scenario` with an in-process operator, stopped afterwards either way.
+/// Applies the CRD and the example KVCluster, then runs `scenario` with an
+/// in-process operator, stopped afterwards either way.
 async fn with_operator(
     ns: &TestNamespace,
     scenario: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
+    install_crd(ns).await?;
+    ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
     let stop = CancellationToken::new();
     let operator = tokio::spawn(raftkv_operator::run(ns.client(), in_process_config(ns), stop.clone()));
     let result = scenario.await;
@@ -125,20 +125,37 @@ async fn client_service(ns: &TestNamespace) -> anyhow::Result<Client> {
     Ok(Client::new(&[format!("{ip}:2379")])?)
 }
 
+fn condition_true(status: &KVClusterStatus, type_: &str) -> bool {
+    status.conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Merges `spec` into the example KVCluster's spec.
+async fn patch_spec(ns: &TestNamespace, spec: serde_json::Value) -> anyhow::Result<()> {
+    let patch = Patch::Merge(serde_json::json!({ "spec": spec }));
+    ns.api::<KVCluster>()
+        .patch("example", &PatchParams::default(), &patch)
+        .await?;
+    Ok(())
+}
+
 fn node_id(kvc: &KVCluster, pod: &str) -> Option<u64> {
     kvc.status.as_ref()?.members.iter().find(|m| m.pod == pod)?.node_id
 }
 
 async fn all_keys_readable(client: &Client) -> anyhow::Result<()> {
-    for i in 0..KEYS {
-        let key = format!("key/{i}");
+    read_back(client, (0..KEYS).map(|i| (format!("key/{i}"), format!("value-{i}")))).await
+}
+
+/// Reads every (key, value) written back linearizably; a missing or changed one is an error.
+async fn read_back(client: &Client, written: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+    for (key, value) in written {
         let got = client
             .get(key.as_bytes(), Consistency::Linearizable, 0)
             .await
             .with_context(|| format!("get {key}"))?;
         ensure!(
-            got.found && got.value == format!("value-{i}").as_bytes(),
-            "{key} lost: {got:?}"
+            got.found && got.value == value.as_bytes(),
+            "{key} was acknowledged but is lost or changed: {got:?}"
         );
     }
     Ok(())
@@ -327,8 +344,6 @@ async fn e2e_operator_rolls_a_version_change_one_pod_at_a_time() {
     }
     let h = Harness::get().await.expect("cluster");
     h.run_in_namespace("kvc-upgrade", |ns| async move {
-        install_crd(&ns).await?;
-        ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
         with_operator(&ns, rolling_upgrade(&ns)).await
     })
     .await
@@ -365,20 +380,12 @@ async fn rolling_upgrade(ns: &TestNamespace) -> anyhow::Result<()> {
     };
 
     let api = ns.api::<KVCluster>();
-    api.patch(
-        "example",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"version": "0.1.1"}})),
-    )
-    .await?;
+    patch_spec(ns, serde_json::json!({"version": "0.1.1"})).await?;
     let kvc = ns
         .wait_until("every pod to run 0.1.1 and the cluster to be Available", T, || async {
             let kvc = api.get("example").await?;
             let status = kvc.status.clone().unwrap_or_default();
-            let available = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True");
+            let available = condition_true(&status, "Available");
             Ok(
                 if available && status.current_version.as_deref() == Some("0.1.1") && status.operation.is_none() {
                     Ok(kvc)
@@ -438,17 +445,7 @@ async fn rolling_upgrade(ns: &TestNamespace) -> anyhow::Result<()> {
         reasons.contains(&"Upgrade") && reasons.contains(&"UpgradeSucceeded"),
         "no Upgrade Events: {reasons:?}"
     );
-    for key in &acked {
-        let got = client
-            .get(key.as_bytes(), Consistency::Linearizable, 0)
-            .await
-            .with_context(|| format!("get {key}"))?;
-        ensure!(
-            got.found && got.value == key.as_bytes(),
-            "{key} was acknowledged but is lost"
-        );
-    }
-    Ok(())
+    read_back(&client, acked.into_iter().map(|k| (k.clone(), k))).await
 }
 
 /// Scale-up: a fourth node joins and the operator moves replicas onto it
@@ -460,13 +457,9 @@ async fn e2e_operator_scale_up_moves_replicas_and_leaders_onto_the_new_node() {
         return;
     }
     let h = Harness::get().await.expect("cluster");
-    h.run_in_namespace("kvc-scale", |ns| async move {
-        install_crd(&ns).await?;
-        ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
-        with_operator(&ns, scale_up(&ns)).await
-    })
-    .await
-    .unwrap();
+    h.run_in_namespace("kvc-scale", |ns| async move { with_operator(&ns, scale_up(&ns)).await })
+        .await
+        .unwrap();
 }
 
 async fn scale_up(ns: &TestNamespace) -> anyhow::Result<()> {
@@ -479,20 +472,12 @@ async fn scale_up(ns: &TestNamespace) -> anyhow::Result<()> {
             .with_context(|| format!("put key/{i}"))?;
     }
     let api = ns.api::<KVCluster>();
-    api.patch(
-        "example",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"replicas": 4}})),
-    )
-    .await?;
+    patch_spec(ns, serde_json::json!({"replicas": 4})).await?;
     let kvc = ns
         .wait_until("4 nodes hosting 6 replicas and leading 2 shards each", T, || async {
             let kvc = api.get("example").await?;
             let status = kvc.status.clone().unwrap_or_default();
-            let available = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True");
+            let available = condition_true(&status, "Available");
             let spread: Vec<(i32, i32)> = status.members.iter().map(|m| (m.replicas, m.leaders)).collect();
             let even = spread.len() == 4 && spread.iter().all(|(r, l)| *r == 6 && *l == 2);
             Ok(if available && even && status.operation.is_none() {
