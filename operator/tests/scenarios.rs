@@ -122,7 +122,17 @@ async fn client_service(ns: &TestNamespace) -> anyhow::Result<Client> {
         .spec
         .and_then(|s| s.cluster_ip)
         .context("client Service has no ClusterIP")?;
-    Ok(Client::new(&[format!("{ip}:2379")])?)
+    let client = Client::new(&[format!("{ip}:2379")])?;
+    // kube-proxy programs a new Service's ClusterIP a moment after its
+    // endpoints are ready (longer on a loaded machine): wait until it answers.
+    ns.wait_until("the client Service to answer", T, || async {
+        Ok(match client.get(b"probe", Consistency::Linearizable, 0).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        })
+    })
+    .await?;
+    Ok(client)
 }
 
 fn condition_true(status: &KVClusterStatus, type_: &str) -> bool {
