@@ -230,6 +230,11 @@ pub async fn set_drain(pod: &str, endpoint: &str, drain: bool) -> Result<()> {
     .await
 }
 
+/// A membership change on `pod`'s behalf, bounded by [`CHANGE_TIMEOUT`]; its answer is not needed.
+async fn change<T>(call: &'static str, pod: &str, fut: impl Future<Output = Result<T, ClientError>>) -> Result<()> {
+    timed(call, pod, CHANGE_TIMEOUT, fut).await.map(|_| ())
+}
+
 /// Cluster-wide membership calls, sent to any joined node (it forwards to the leader).
 pub struct Cluster {
     admin: Admin,
@@ -243,67 +248,30 @@ impl Cluster {
     }
 
     pub async fn add_node(&self, pod: &str, m: &Member) -> Result<()> {
-        timed("AddNode", pod, CHANGE_TIMEOUT, self.admin.add_node(proto_member(m))).await?;
-        Ok(())
+        change("AddNode", pod, self.admin.add_node(proto_member(m))).await
     }
 
     pub async fn remove_node(&self, pod: &str, node_id: u64) -> Result<()> {
-        timed("RemoveNode", pod, CHANGE_TIMEOUT, self.admin.remove_node(node_id)).await?;
-        Ok(())
+        change("RemoveNode", pod, self.admin.remove_node(node_id)).await
     }
 
     pub async fn transfer_leader(&self, pod: &str, shard: u32, to: u64) -> Result<()> {
-        timed(
-            "TransferLeader",
-            pod,
-            CHANGE_TIMEOUT,
-            self.admin.transfer_leader(shard, to),
-        )
-        .await?;
-        Ok(())
+        change("TransferLeader", pod, self.admin.transfer_leader(shard, to)).await
     }
 
     pub async fn replace_meta_voter(&self, pod: &str, old: u64, new: u64) -> Result<()> {
-        timed(
-            "ReplaceMetaVoter",
-            pod,
-            CHANGE_TIMEOUT,
-            self.admin.replace_meta_voter(old, new),
-        )
-        .await?;
-        Ok(())
+        change("ReplaceMetaVoter", pod, self.admin.replace_meta_voter(old, new)).await
     }
 
     pub async fn add_replica(&self, pod: &str, shard: u32, node_id: u64) -> Result<()> {
-        timed(
-            "AddReplica",
-            pod,
-            CHANGE_TIMEOUT,
-            self.admin.add_replica(shard, node_id),
-        )
-        .await?;
-        Ok(())
+        change("AddReplica", pod, self.admin.add_replica(shard, node_id)).await
     }
 
     pub async fn promote_replica(&self, pod: &str, shard: u32, node_id: u64) -> Result<()> {
-        timed(
-            "PromoteReplica",
-            pod,
-            CHANGE_TIMEOUT,
-            self.admin.promote_replica(shard, node_id),
-        )
-        .await?;
-        Ok(())
+        change("PromoteReplica", pod, self.admin.promote_replica(shard, node_id)).await
     }
 
     pub async fn remove_replica(&self, pod: &str, shard: u32, node_id: u64) -> Result<()> {
-        timed(
-            "RemoveReplica",
-            pod,
-            CHANGE_TIMEOUT,
-            self.admin.remove_replica(shard, node_id),
-        )
-        .await?;
-        Ok(())
+        change("RemoveReplica", pod, self.admin.remove_replica(shard, node_id)).await
     }
 }

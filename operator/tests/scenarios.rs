@@ -88,6 +88,20 @@ async fn install_crd(ns: &TestNamespace) -> anyhow::Result<()> {
     .await
 }
 
+/// Runs `body` in a namespace of its own on the local cluster (kept with
+/// its logs on failure), unless `RAFTKV_E2E_SKIP` names the test.
+async fn run_scenario<F, Fut>(test: &str, prefix: &str, body: F)
+where
+    F: FnOnce(TestNamespace) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if skip_requested(test) {
+        return;
+    }
+    let h = Harness::get().await.expect("cluster");
+    h.run_in_namespace(prefix, body).await.unwrap();
+}
+
 /// An operator run in the test process, watching only the test's namespace.
 fn in_process_config(ns: &TestNamespace) -> Config {
     let mut c = Config::new();
@@ -173,23 +187,22 @@ async fn read_back(client: &Client, written: impl Iterator<Item = (String, Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_operator_pod_runs_the_example_and_heals_lost_pods_and_volumes() {
-    if skip_requested("e2e_operator_pod_runs_the_example_and_heals_lost_pods_and_volumes") {
-        return;
-    }
-    let h = Harness::get().await.expect("cluster");
-    h.run_in_namespace("kvc", |ns| async move {
-        install_crd(&ns).await?;
-        let op = operator_manifest(ns.name());
-        let result = scenario(&ns, &op).await;
-        // The ClusterRole/Binding are cluster-scoped: remove them either way.
-        let name = format!("raftkv-operator-{}", ns.name());
-        let dp = DeleteParams::default();
-        let _ = Api::<ClusterRoleBinding>::all(ns.client()).delete(&name, &dp).await;
-        let _ = Api::<ClusterRole>::all(ns.client()).delete(&name, &dp).await;
-        result
-    })
-    .await
-    .unwrap();
+    run_scenario(
+        "e2e_operator_pod_runs_the_example_and_heals_lost_pods_and_volumes",
+        "kvc",
+        |ns| async move {
+            install_crd(&ns).await?;
+            let op = operator_manifest(ns.name());
+            let result = scenario(&ns, &op).await;
+            // The ClusterRole/Binding are cluster-scoped: remove them either way.
+            let name = format!("raftkv-operator-{}", ns.name());
+            let dp = DeleteParams::default();
+            let _ = Api::<ClusterRoleBinding>::all(ns.client()).delete(&name, &dp).await;
+            let _ = Api::<ClusterRole>::all(ns.client()).delete(&name, &dp).await;
+            result
+        },
+    )
+    .await;
 }
 
 async fn scenario(ns: &TestNamespace, operator: &str) -> anyhow::Result<()> {
@@ -289,56 +302,55 @@ async fn scenario(ns: &TestNamespace, operator: &str) -> anyhow::Result<()> {
 /// bootstrapped cluster with every node joined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_operator_killed_mid_bootstrap_converges() {
-    if skip_requested("e2e_operator_killed_mid_bootstrap_converges") {
-        return;
-    }
-    let h = Harness::get().await.expect("cluster");
-    h.run_in_namespace("kvc-crash", |ns| async move {
-        install_crd(&ns).await?;
-        ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
-        let config = || in_process_config(&ns);
-        let first = tokio::spawn(raftkv_operator::run(ns.client(), config(), CancellationToken::new()));
-        let events = ns.api::<Event>();
-        ns.wait_until("the operator to announce the bootstrap", T, || async {
-            let list = events.list(&ListParams::default()).await?;
-            Ok(if list.items.iter().any(|e| e.reason.as_deref() == Some("Bootstrap")) {
-                Ok(())
-            } else {
-                Err(format!("{} events, none with reason Bootstrap", list.items.len()))
+    run_scenario(
+        "e2e_operator_killed_mid_bootstrap_converges",
+        "kvc-crash",
+        |ns| async move {
+            install_crd(&ns).await?;
+            ns.apply_yaml(&repo_file("examples/kvcluster.yaml")).await?;
+            let config = || in_process_config(&ns);
+            let first = tokio::spawn(raftkv_operator::run(ns.client(), config(), CancellationToken::new()));
+            let events = ns.api::<Event>();
+            ns.wait_until("the operator to announce the bootstrap", T, || async {
+                let list = events.list(&ListParams::default()).await?;
+                Ok(if list.items.iter().any(|e| e.reason.as_deref() == Some("Bootstrap")) {
+                    Ok(())
+                } else {
+                    Err(format!("{} events, none with reason Bootstrap", list.items.len()))
+                })
             })
-        })
-        .await?;
-        first.abort();
-        let _ = first.await;
-
-        let second = CancellationToken::new();
-        let task = tokio::spawn(raftkv_operator::run(ns.client(), config(), second.clone()));
-        let kvc = available(&ns, "Available after the operator restarted mid-bootstrap").await;
-        second.cancel();
-        let _ = task.await;
-        let kvc = kvc?;
-        let status = kvc.status.context("no status")?;
-        ensure!(
-            status.cluster_id.as_deref() == kvc.metadata.uid.as_deref(),
-            "cluster id {:?} is not the KVCluster's uid",
-            status.cluster_id
-        );
-        ensure!(status.members.len() == 3 && status.members.iter().all(|m| m.joined && m.replicas == 8));
-        // One cluster: every node reports the same map.
-        let ip = ns.pod_ip("example-0").await?;
-        let map = raftkv_client::Admin::new(&[format!("{ip}:2381")])?
-            .cluster_map()
             .await?;
-        ensure!(map.nodes.len() == 3, "cluster map has {} nodes", map.nodes.len());
-        ensure!(
-            Some(map.cluster_id.as_str()) == kvc.metadata.uid.as_deref(),
-            "map of cluster {}",
-            map.cluster_id
-        );
-        Ok(())
-    })
-    .await
-    .unwrap();
+            first.abort();
+            let _ = first.await;
+
+            let second = CancellationToken::new();
+            let task = tokio::spawn(raftkv_operator::run(ns.client(), config(), second.clone()));
+            let kvc = available(&ns, "Available after the operator restarted mid-bootstrap").await;
+            second.cancel();
+            let _ = task.await;
+            let kvc = kvc?;
+            let status = kvc.status.context("no status")?;
+            ensure!(
+                status.cluster_id.as_deref() == kvc.metadata.uid.as_deref(),
+                "cluster id {:?} is not the KVCluster's uid",
+                status.cluster_id
+            );
+            ensure!(status.members.len() == 3 && status.members.iter().all(|m| m.joined && m.replicas == 8));
+            // One cluster: every node reports the same map.
+            let ip = ns.pod_ip("example-0").await?;
+            let map = raftkv_client::Admin::new(&[format!("{ip}:2381")])?
+                .cluster_map()
+                .await?;
+            ensure!(map.nodes.len() == 3, "cluster map has {} nodes", map.nodes.len());
+            ensure!(
+                Some(map.cluster_id.as_str()) == kvc.metadata.uid.as_deref(),
+                "map of cluster {}",
+                map.cluster_id
+            );
+            Ok(())
+        },
+    )
+    .await;
 }
 
 /// A version change rolls through the pods one at a time, highest ordinal
@@ -349,15 +361,12 @@ async fn e2e_operator_killed_mid_bootstrap_converges() {
 /// the operator's rollout, not a format change between versions.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_operator_rolls_a_version_change_one_pod_at_a_time() {
-    if skip_requested("e2e_operator_rolls_a_version_change_one_pod_at_a_time") {
-        return;
-    }
-    let h = Harness::get().await.expect("cluster");
-    h.run_in_namespace("kvc-upgrade", |ns| async move {
-        with_operator(&ns, rolling_upgrade(&ns)).await
-    })
-    .await
-    .unwrap();
+    run_scenario(
+        "e2e_operator_rolls_a_version_change_one_pod_at_a_time",
+        "kvc-upgrade",
+        |ns| async move { with_operator(&ns, rolling_upgrade(&ns)).await },
+    )
+    .await;
 }
 
 async fn rolling_upgrade(ns: &TestNamespace) -> anyhow::Result<()> {
@@ -463,13 +472,12 @@ async fn rolling_upgrade(ns: &TestNamespace) -> anyhow::Result<()> {
 /// leaders, until every node hosts 6 of the 24 replicas; no key is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_operator_scale_up_moves_replicas_and_leaders_onto_the_new_node() {
-    if skip_requested("e2e_operator_scale_up_moves_replicas_and_leaders_onto_the_new_node") {
-        return;
-    }
-    let h = Harness::get().await.expect("cluster");
-    h.run_in_namespace("kvc-scale", |ns| async move { with_operator(&ns, scale_up(&ns)).await })
-        .await
-        .unwrap();
+    run_scenario(
+        "e2e_operator_scale_up_moves_replicas_and_leaders_onto_the_new_node",
+        "kvc-scale",
+        |ns| async move { with_operator(&ns, scale_up(&ns)).await },
+    )
+    .await;
 }
 
 async fn scale_up(ns: &TestNamespace) -> anyhow::Result<()> {
