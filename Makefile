@@ -6,19 +6,24 @@
 #   make cluster-up / cluster-down, make crds, make e2e-kind: see mk/*.mk
 #   make local-cluster-down
 #   make bench           throughput/latency figures and failover time
+#   make robustness      every nemesis against real nodes, histories checked for
+#                        linearizability, a summary table (RAFTKV_ROBUSTNESS_SECONDS each)
 
 SHELL := /bin/bash
 # Build caches live outside the checkout so CI and fresh clones reuse them.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/raftkv/target
 # Tests take binaries from here, never from a stale path.
 export RAFTKV_BIN_DIR ?= $(CARGO_TARGET_DIR)/debug
+# ...and read repository files (manifests, examples) from this checkout, not
+# the one a cached test binary was compiled in.
+export RAFTKV_REPO_DIR := $(CURDIR)
 N ?= 3
 
 -include mk/k8s.mk
 -include mk/operator.mk
 -include mk/kind.mk
 
-.PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench
+.PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench robustness
 
 deps:
 	@bash scripts/install-deps.sh
@@ -56,3 +61,8 @@ local-cluster-down:
 
 bench: build
 	@bash scripts/bench.sh
+
+# The whole robustness matrix (make test runs a bounded part of it). Needs
+# root, /dev/fuse (power-loss disks) and nftables (partitions).
+robustness: build
+	cargo test --workspace --test robustness -- --ignored --nocapture --test-threads=1 full_matrix

@@ -67,9 +67,18 @@ pub fn state_dir() -> PathBuf {
         .unwrap_or_else(|| cache_dir().join("cluster"))
 }
 
+/// The checkout the tests run from: `$RAFTKV_REPO_DIR` (the Makefile sets
+/// it), else the one this crate was compiled in. Build caches are shared
+/// between checkouts, so a test binary may have been compiled in another one.
+pub fn repo_dir() -> PathBuf {
+    std::env::var_os("RAFTKV_REPO_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
 /// `e2e/k8s` of this checkout.
 pub fn k8s_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s")
+    repo_dir().join("e2e/k8s")
 }
 
 /// Where the workspace's binaries are: `$RAFTKV_BIN_DIR`, else next to the

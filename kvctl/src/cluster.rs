@@ -40,13 +40,26 @@ pub enum AdminCmd {
     RemoveNode { node: u64 },
     /// Hand metadata voter OLD's seat (a lost node) to NODE, a member caught up as a learner
     /// (NODE 0: give the seat up, when every staying node already has one).
-    ReplaceMetaVoter { old: u64, node: u64 },
+    ReplaceMetaVoter {
+        old: u64,
+        node: u64,
+        /// With NODE 0: give the seat up even below the voter count the cluster's size wants.
+        #[arg(long)]
+        force: bool,
+    },
     /// Add NODE as a learner of SHARD (it catches up by snapshot if needed).
     AddReplica { shard: u32, node: u64 },
     /// Make a caught-up learner a voter.
     PromoteReplica { shard: u32, node: u64 },
-    /// Remove NODE's replica of SHARD (refused if quorum would be at risk).
-    RemoveReplica { shard: u32, node: u64 },
+    /// Remove NODE's replica of SHARD (refused if quorum would be at risk, or
+    /// below the replication factor without --force).
+    RemoveReplica {
+        shard: u32,
+        node: u64,
+        /// Remove even below the replication factor (the shard keeps fewer copies).
+        #[arg(long)]
+        force: bool,
+    },
     /// Move SHARD's leadership (to NODE, or any caught-up voter).
     TransferLeader {
         shard: u32,
@@ -298,8 +311,8 @@ pub async fn admin(cmd: &AdminCmd, endpoints: &[String], out: Output) -> anyhow:
                 Output::Text => println!("removed node {node} (map version {})", map.version),
             }
         }
-        AdminCmd::ReplaceMetaVoter { old, node } => {
-            let map = admin.replace_meta_voter(*old, *node).await?;
+        AdminCmd::ReplaceMetaVoter { old, node, force } => {
+            let map = admin.replace_meta_voter_with(*old, *node, *force).await?;
             match out {
                 Output::Json => print_json(json!({"meta_voters": map.meta_voters, "map_version": map.version})),
                 Output::Text => println!(
@@ -310,7 +323,9 @@ pub async fn admin(cmd: &AdminCmd, endpoints: &[String], out: Output) -> anyhow:
         }
         AdminCmd::AddReplica { shard, node } => print_shard(out, &admin.add_replica(*shard, *node).await?),
         AdminCmd::PromoteReplica { shard, node } => print_shard(out, &admin.promote_replica(*shard, *node).await?),
-        AdminCmd::RemoveReplica { shard, node } => print_shard(out, &admin.remove_replica(*shard, *node).await?),
+        AdminCmd::RemoveReplica { shard, node, force } => {
+            print_shard(out, &admin.remove_replica_with(*shard, *node, *force).await?)
+        }
         AdminCmd::TransferLeader { shard, to } => print_shard(out, &admin.transfer_leader(*shard, *to).await?),
         AdminCmd::Drain { node } | AdminCmd::Undrain { node } => {
             let ep = admin_endpoint_of(&map_of(&admin).await?, *node)?;

@@ -41,6 +41,10 @@ pub struct NodeConfig {
     /// file system has less free space than this, in MiB.
     #[arg(long, env = "RAFTKV_MIN_FREE_MB", default_value_t = 256)]
     pub min_free_mb: u64,
+    /// How often a shard's leader sweeps for expired keys and proposes their
+    /// deletion, milliseconds (each sweep reads a bounded slice of the shard).
+    #[arg(long, env = "RAFTKV_EXPIRY_SWEEP_MS", default_value_t = 1000)]
+    pub expiry_sweep_ms: u64,
     /// How long a SIGTERM may take (leadership hand-off, in-flight requests, flush).
     #[arg(long, env = "RAFTKV_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,

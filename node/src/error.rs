@@ -2,14 +2,11 @@
 
 use std::io;
 
+use raftkv_core::command::CommandError;
 use raftkv_core::limits::InputError;
 use raftkv_core::{GroupId, NodeId};
 
-/// Metadata key carrying the id of the node believed to lead the shard.
-pub const LEADER_HINT: &str = "x-raftkv-leader";
-/// Metadata key marking a refusal made before anything was proposed, so the
-/// caller may safely retry elsewhere.
-pub const RETRY_SAFE: &str = "x-raftkv-retry-safe";
+pub use raftkv_proto::retry::{HOP, LEADER_HINT, RETRY_SAFE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -17,6 +14,8 @@ pub enum NodeError {
     Invalid(#[from] InputError),
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("invalid request: {0}")]
+    Command(#[from] CommandError),
     #[error("this node has not joined a cluster yet; bootstrap it or add it through the admin API")]
     NotJoined,
     #[error("this node is not the leader of shard {group}; the leader is {}", leader.map_or("unknown".to_string(), |l| l.to_string()))]
@@ -60,7 +59,7 @@ impl From<NodeError> for tonic::Status {
     fn from(e: NodeError) -> Self {
         use tonic::Code;
         let code = match &e {
-            NodeError::Invalid(_) | NodeError::BadRequest(_) => Code::InvalidArgument,
+            NodeError::Invalid(_) | NodeError::BadRequest(_) | NodeError::Command(_) => Code::InvalidArgument,
             NodeError::NotJoined | NodeError::Refused(_) => Code::FailedPrecondition,
             NodeError::NotLeader { .. } | NodeError::ShuttingDown | NodeError::Peer(_) | NodeError::TooStale { .. } => {
                 Code::Unavailable

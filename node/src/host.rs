@@ -1,5 +1,5 @@
 //! The host: every Raft group on this node, the cluster map as this node
-//! knows it, and the routing of proposals and reads to shard leaders.
+//! knows it, joining a cluster, and proposals (routed by [`crate::routing`]).
 //!
 //! ```text
 //!   kv / admin / peer services ──▶ Host ──▶ Group { Raft, ReadView } per shard + meta
@@ -8,15 +8,16 @@
 //!                                   └── PeerPool (addresses + channels, shared by all groups)
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use openraft::errors::{ClientWriteError, InitializeError, RaftError};
-use openraft::{ChangeMembers, EmptyNode, ServerState, SnapshotPolicy};
-use raftkv_core::command::{Command, Request, Response};
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use raftkv_core::command::{Command, Proposal, Request, Response};
 use raftkv_core::keys::node_tag;
+use raftkv_core::leadership;
 use raftkv_core::map::ClusterMap;
 use raftkv_core::{GroupId, NodeId, ShardId};
 use raftkv_proto::peer;
@@ -26,60 +27,61 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NodeConfig;
 use crate::error::{NodeError, hints};
 use crate::metrics::METRICS;
-use crate::network::{NetworkFactory, PeerPool};
-use crate::storage::{Engine, EngineOptions, ReadView};
-use crate::types::Raft;
+pub use crate::raft::group::Group;
+use crate::raft::group::initialize;
+use crate::raft::network::PeerPool;
+use crate::routing::{self, Target};
+use crate::storage::{Engine, EngineOptions};
 
-/// How long one upkeep membership change (a metadata learner added or
-/// removed) may wait for its commit before the next tick tries again.
-const UPKEEP_CHANGE_WITHIN: Duration = Duration::from_secs(5);
-
-/// One Raft group hosted here.
-#[derive(Clone)]
-pub struct Group {
-    pub id: GroupId,
-    pub raft: Raft,
-    pub view: ReadView,
-    /// When this replica last accepted an append from its leader: bounds how
-    /// stale a follower read may be.
-    pub leader_contact: Arc<Mutex<Option<Instant>>>,
-}
-
-impl Group {
-    pub fn metrics(&self) -> openraft::RaftMetrics<crate::types::TypeConfig> {
-        use openraft::async_runtime::WatchReceiver;
-        self.raft.metrics().borrow_watched().clone()
-    }
-
-    /// The leader this replica knows of, without cloning the whole metrics.
-    pub fn current_leader(&self) -> Option<NodeId> {
-        use openraft::async_runtime::WatchReceiver;
-        self.raft.metrics().borrow_watched().current_leader
-    }
-
-    /// The last log index applied here, without cloning the whole metrics.
-    pub fn applied_index(&self) -> u64 {
-        use openraft::async_runtime::WatchReceiver;
-        self.raft.metrics().borrow_watched().last_applied.map_or(0, |l| l.index)
-    }
-}
+/// How long a proposal may wait for its commit and apply. Past it the
+/// caller gets an ambiguous answer (the entry may still commit later).
+pub const PROPOSAL_DEADLINE: Duration = Duration::from_secs(20);
+/// Storage tasks (scans, digests) that may run at once on the blocking
+/// pool; more wait their turn instead of piling up threads and memory.
+const STORAGE_TASKS: usize = 4;
 
 pub struct Host {
     pub id: NodeId,
     pub config: NodeConfig,
     pub engine: Arc<Engine>,
     pub pool: Arc<PeerPool>,
-    groups: RwLock<HashMap<GroupId, Group>>,
+    pub(crate) groups: RwLock<HashMap<GroupId, Group>>,
     /// Serialises group creation so two callers never open one group twice.
-    creating: tokio::sync::Mutex<()>,
-    map_tx: watch::Sender<Option<Arc<ClusterMap>>>,
-    cluster_id: RwLock<Option<String>>,
-    raft_config: Arc<openraft::Config>,
-    leader_hints: Mutex<HashMap<GroupId, NodeId>>,
+    pub(crate) creating: tokio::sync::Mutex<()>,
+    pub(crate) map_tx: watch::Sender<Option<Arc<ClusterMap>>>,
+    pub(crate) cluster_id: RwLock<Option<String>>,
+    pub(crate) raft_config: Arc<openraft::Config>,
+    pub(crate) leader_hints: Mutex<HashMap<GroupId, NodeId>>,
     pub draining: AtomicBool,
     pub shutting_down: AtomicBool,
     pub disk_full: AtomicBool,
     pub shutdown: CancellationToken,
+    /// Proposals waiting for their commit here; shutdown lets them finish.
+    pub(crate) in_flight: AtomicI64,
+    pub(crate) storage_tasks: tokio::sync::Semaphore,
+}
+
+/// Counts one proposal in flight for as long as it lives, so a caller that
+/// gives up (a cancelled request drops the future) never leaks the count.
+struct InFlight<'a> {
+    host: &'a Host,
+    label: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(host: &'a Host, g: GroupId) -> Self {
+        let label = g.to_string();
+        host.in_flight.fetch_add(1, Ordering::SeqCst);
+        METRICS.proposals_pending.with_label_values(&[&label]).inc();
+        InFlight { host, label }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.host.in_flight.fetch_sub(1, Ordering::SeqCst);
+        METRICS.proposals_pending.with_label_values(&[&self.label]).dec();
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -109,10 +111,13 @@ impl Host {
             max_in_snapshot_log_to_keep: config.keep_entries,
             // Compact as soon as entries fall behind the retention window (deletes are range tombstones).
             purge_batch_size: 1,
+            // A restarted leader must win an election in a new term before it
+            // leads again: see "What a power loss may take" in `storage`.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()?;
-        let pool = PeerPool::new(node_id);
+        let pool = PeerPool::new(node_id, &config.listen_host);
         let draining = engine.node_record(node_tag::DRAIN)?.is_some();
         let joined = engine
             .node_record(node_tag::JOINED)?
@@ -133,10 +138,12 @@ impl Host {
             shutting_down: AtomicBool::new(false),
             disk_full: AtomicBool::new(false),
             shutdown,
+            in_flight: AtomicI64::new(0),
+            storage_tasks: tokio::sync::Semaphore::new(STORAGE_TASKS),
         });
         METRICS.draining.set(draining as i64);
-        if let Some(m) = joined {
-            host.publish_map(Arc::new(m));
+        if let Some(m) = &joined {
+            host.publish_map(Arc::new(m.clone()));
         }
         for g in engine.groups()? {
             if engine.is_tombstoned(g)? {
@@ -144,7 +151,21 @@ impl Host {
             }
             host.open_group(g).await?;
         }
+        if let Some(m) = joined
+            && engine.node_record(node_tag::JOIN_DONE)?.is_none()
+        {
+            tracing::info!(cluster = %m.cluster_id, "finishing a join cut short before the last stop");
+            host.finish_join(&m).await?;
+        }
         Ok(host)
+    }
+
+    /// How many bytes a received snapshot may take: the free space above the
+    /// `--min-free-mb` reserve.
+    pub fn snapshot_room(&self) -> u64 {
+        fs_free_bytes(&self.config.data_dir).map_or(u64::MAX, |free| {
+            free.saturating_sub(self.config.min_free_mb.saturating_mul(1 << 20))
+        })
     }
 
     pub fn cluster_id(&self) -> Option<String> {
@@ -187,121 +208,86 @@ impl Host {
         self.cluster_id().is_some() && self.map().is_some() && !self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Opens (or creates, empty) the replica of `g` on this node.
-    pub async fn open_group(self: &Arc<Self>, g: GroupId) -> Result<Group, NodeError> {
-        let _guard = self.creating.lock().await;
-        if let Some(existing) = self.group(g) {
-            return Ok(existing);
-        }
-        if self.engine.is_tombstoned(g)? {
-            return Err(NodeError::Refused(format!(
-                "shard {g} was removed from this node and is never recreated here"
-            )));
-        }
-        let log = self.engine.log_store(g);
-        let sm = self.engine.state_machine(g)?;
-        let map_watch = sm.subscribe_map();
-        let net = NetworkFactory {
-            group: g,
-            pool: self.pool.clone(),
-        };
-        let raft = Raft::new(self.id, self.raft_config.clone(), net, log, sm)
-            .await
-            .map_err(|e| NodeError::Raft(e.to_string()))?;
-        if self.draining.load(Ordering::SeqCst) {
-            raft.runtime_config().elect(false);
-        }
-        let group = Group {
-            id: g,
-            raft,
-            view: self.engine.read_view(g),
-            leader_contact: Arc::default(),
-        };
-        self.groups.write().expect("groups lock").insert(g, group.clone());
-        METRICS
-            .shards_hosted
-            .set(self.groups.read().expect("groups lock").len() as i64);
-        if let Some(mut rx) = map_watch {
-            // The metadata group's applied map is the node's map from now on.
-            let host = Arc::downgrade(self);
-            tokio::spawn(async move {
-                loop {
-                    let current = rx.borrow_and_update().clone();
-                    let Some(host) = host.upgrade() else { return };
-                    if let Some(m) = current {
-                        host.publish_map(m);
-                    }
-                    drop(host);
-                    if rx.changed().await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        tracing::info!(group = %g, "opened replica");
-        Ok(group)
-    }
-
-    /// Shuts down and deletes the replica of `g` here, leaving a tombstone.
-    pub async fn destroy_group(&self, g: GroupId) -> Result<(), NodeError> {
-        let group = self.groups.write().expect("groups lock").remove(&g);
-        if let Some(group) = group {
-            group
-                .raft
-                .shutdown()
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?;
-        }
-        self.engine.destroy_group(g).await?;
-        METRICS
-            .shards_hosted
-            .set(self.groups.read().expect("groups lock").len() as i64);
-        tracing::info!(group = %g, "destroyed replica");
-        Ok(())
-    }
-
     /// Bootstrap step on every initial node: remember the cluster, create this
     /// node's groups, and initialise the groups this node seeds (the first
-    /// voter of each). Idempotent for the same cluster.
+    /// voter of each). Idempotent for the same cluster: a joined node
+    /// finishes its own first join (from the record it persisted) and
+    /// ignores the map it is sent, so a join can never rewrite what a node
+    /// knows of its cluster.
     pub async fn join(self: &Arc<Self>, map: ClusterMap) -> Result<(), NodeError> {
+        // A join runs to its end even when the caller goes away (a cancelled
+        // RPC drops its handler): a node left joined with half its replicas
+        // open would leave the shards it seeds without a leader.
+        let host = self.clone();
+        tokio::spawn(async move { host.join_here(map).await })
+            .await
+            .map_err(|e| NodeError::Raft(format!("join task failed: {e}")))?
+    }
+
+    async fn join_here(self: &Arc<Self>, map: ClusterMap) -> Result<(), NodeError> {
+        map.validate()
+            .map_err(|e| NodeError::BadRequest(format!("invalid cluster map: {e}")))?;
         if !map.nodes.contains_key(&self.id) {
             return Err(NodeError::Refused(format!(
                 "node {} is not a member of the bootstrap map",
                 self.id
             )));
         }
-        match self.cluster_id() {
+        let map = match self.cluster_id() {
             Some(c) if c != map.cluster_id => {
                 return Err(NodeError::Refused(format!(
                     "already joined cluster {c:?}; refusing to join {:?}",
                     map.cluster_id
                 )));
             }
-            Some(_) => {}
+            Some(_) => {
+                let record = self.engine.node_record(node_tag::JOINED)?.ok_or(NodeError::NotJoined)?;
+                ClusterMap::decode(&record).map_err(|e| NodeError::Storage(std::io::Error::other(e)))?
+            }
             None => {
                 self.engine
                     .put_node_record(node_tag::JOINED, Some(&map.encode()))
                     .await?;
                 *self.cluster_id.write().expect("cluster id lock") = Some(map.cluster_id.clone());
                 tracing::info!(cluster = %map.cluster_id, "joined cluster");
+                map
             }
-        }
+        };
         self.publish_map(Arc::new(map.clone()));
+        self.finish_join(&map).await
+    }
+
+    /// Opens the replicas the joined map places on this node and initialises
+    /// the groups this node seeds, then records the join as done. Idempotent:
+    /// a retried join, or a start-up after a crash mid-join, runs it again.
+    async fn finish_join(self: &Arc<Self>, map: &ClusterMap) -> Result<(), NodeError> {
+        if self.engine.node_record(node_tag::JOIN_DONE)?.is_some() {
+            return Ok(());
+        }
         // Groups are seeded from the bootstrap map (version 1) only. A later map
         // reaches nodes added since, whose replicas are created by the leaders
         // (as learners); seeding one from it would start a second history.
+        // Only the first voter seeds a group, so a group this node seeds has
+        // no history anywhere until it does (`initialize` refuses a replica
+        // that has one).
         let seed = map.version == 1;
         let meta = self.open_group(GroupId::Meta).await?;
         if seed && map.meta_voters.first() == Some(&self.id) {
             initialize(&meta.raft, &map.meta_voters).await?;
         }
         for s in map.shards_on(self.id) {
+            let g = GroupId::Shard(s);
+            if self.engine.is_tombstoned(g)? {
+                continue; // moved away and destroyed since
+            }
             let replicas = map.replicas(s).expect("shards_on returns known shards");
-            let group = self.open_group(GroupId::Shard(s)).await?;
+            let group = self.open_group(g).await?;
             if seed && replicas.voters.first() == Some(&self.id) {
                 initialize(&group.raft, &replicas.voters).await?;
             }
         }
+        self.engine.put_node_record(node_tag::JOIN_DONE, Some(&[])).await?;
+        tracing::info!(cluster = %map.cluster_id, version = map.version, "join finished: replicas open");
         Ok(())
     }
 
@@ -363,15 +349,59 @@ impl Host {
         }
     }
 
-    /// Proposes `request` on the local replica of `g`, which must lead it.
-    pub async fn propose_local(&self, g: GroupId, request: Request) -> Result<Response, NodeError> {
+    /// Runs storage work that may take more than a few milliseconds (a scan,
+    /// a digest) on the blocking pool, at most [`STORAGE_TASKS`] at once, so
+    /// it never holds an async worker that heartbeats need.
+    pub async fn storage<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let _permit = self
+            .storage_tasks
+            .acquire()
+            .await
+            .map_err(|_| NodeError::ShuttingDown)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| NodeError::Storage(std::io::Error::other(format!("storage task failed: {e}"))))?
+            .map_err(NodeError::Storage)
+    }
+
+    /// Proposals waiting for their commit on this node.
+    pub fn proposals_in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Validates `command` for `g` and proposes it on the local replica,
+    /// which must lead `g`.
+    pub async fn propose(&self, g: GroupId, command: Command) -> Result<Response, NodeError> {
+        let request = Request {
+            proposed_at_ms: now_ms(),
+            command,
+        };
+        self.propose_local(Proposal::new(g, request)?).await
+    }
+
+    /// Proposes a validated request on the local replica of its group, which
+    /// must lead it. Waits at most [`PROPOSAL_DEADLINE`].
+    pub async fn propose_local(&self, proposal: Proposal) -> Result<Response, NodeError> {
+        let g = proposal.group();
         let group = self.group(g).ok_or(NodeError::NoReplica(g))?;
+        let pending = InFlight::start(self, g);
+        let result = tokio::time::timeout(PROPOSAL_DEADLINE, group.raft.client_write(proposal.into_request())).await;
+        drop(pending);
         let label = g.to_string();
-        METRICS.proposals_pending.with_label_values(&[&label]).inc();
-        let result = group.raft.client_write(request).await;
-        METRICS.proposals_pending.with_label_values(&[&label]).dec();
+        let Ok(result) = result else {
+            METRICS.proposals_failed.with_label_values(&[&label]).inc();
+            return Err(NodeError::Ambiguous(format!(
+                "not applied within {PROPOSAL_DEADLINE:?}; it may still commit"
+            )));
+        };
         match result {
-            Ok(r) => Ok(r.data),
+            Ok(r) => match r.data {
+                Response::Rejected { reason } => Err(NodeError::Refused(reason)),
+                data => Ok(data),
+            },
             Err(e) => {
                 METRICS.proposals_failed.with_label_values(&[&label]).inc();
                 Err(match e {
@@ -388,53 +418,38 @@ impl Host {
 
     /// Proposes a metadata command on the metadata group's leader, wherever it is.
     pub async fn propose_meta(&self, command: Command, deadline: Duration) -> Result<Response, NodeError> {
-        let request = Request {
-            proposed_at_ms: now_ms(),
-            command,
-        };
-        let until = Instant::now() + deadline;
-        let mut last_err = NodeError::NotLeader {
-            group: GroupId::Meta,
-            leader: None,
-        };
-        let mut pause = Duration::from_millis(20);
-        let mut avoid = Vec::new();
-        while Instant::now() < until {
-            let Some(target) = self.leader_of(GroupId::Meta, &avoid)? else {
-                avoid.clear();
-                tokio::time::sleep(pause).await;
-                continue;
-            };
-            let attempt = if target == self.id {
-                self.propose_local(GroupId::Meta, request.clone()).await
-            } else {
-                self.forward_propose(target, GroupId::Meta, &request).await
-            };
-            match attempt {
-                Ok(r) => return Ok(r),
-                Err(e) if e.retry_safe() => {
-                    let hint = if let NodeError::NotLeader { leader, .. } = &e {
-                        *leader
-                    } else {
-                        None
-                    };
-                    self.redirect(GroupId::Meta, target, hint, &mut avoid);
-                    last_err = e;
+        let proposal = Proposal::new(
+            GroupId::Meta,
+            Request {
+                proposed_at_ms: now_ms(),
+                command,
+            },
+        )?;
+        let result = routing::on_leader(self, GroupId::Meta, false, deadline, |target| {
+            let proposal = &proposal;
+            async move {
+                match target {
+                    Target::Here => self.propose_local(proposal.clone()).await,
+                    Target::Node(n) => self.forward_propose(n, proposal.request()).await,
                 }
-                Err(e) => return Err(e),
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+        })
+        .await;
+        match result {
+            // Still refused without effect when the deadline passed.
+            Err(e) if e.retry_safe() => Err(NodeError::Timeout(format!("metadata proposal: {e}"))),
+            other => other,
         }
-        Err(NodeError::Timeout(format!("metadata proposal: {last_err}")))
     }
 
-    async fn forward_propose(&self, target: NodeId, g: GroupId, request: &Request) -> Result<Response, NodeError> {
+    async fn forward_propose(&self, target: NodeId, request: &Request) -> Result<Response, NodeError> {
+        let g = GroupId::Meta;
         let mut client = self.pool.client(target).map_err(|e| NodeError::Peer(e.to_string()))?;
         let req = peer::ProposeRequest {
             target_node: target,
             group: g.to_raw(),
             request: request.encode(),
+            cluster_id: self.pool.cluster_id(),
         };
         match client.propose(req).await {
             Ok(r) => {
@@ -444,7 +459,7 @@ impl Host {
                 let (safe, leader) = hints(&s);
                 if safe {
                     Err(NodeError::NotLeader { group: g, leader })
-                } else if never_connected(&s) {
+                } else if raftkv_proto::retry::never_connected(&s) {
                     // Never reached the peer: nothing was proposed.
                     Err(NodeError::NotLeader { group: g, leader: None })
                 } else {
@@ -472,7 +487,7 @@ impl Host {
     }
 
     /// Asks every group this node leads to transfer leadership to its most
-    /// up-to-date other voter. Returns the groups still led here.
+    /// caught-up healthy other voter. Returns the groups still led here.
     pub async fn hand_off_leaderships(&self) -> Vec<GroupId> {
         let mut still = Vec::new();
         for g in self.groups() {
@@ -481,14 +496,8 @@ impl Host {
                 continue;
             }
             still.push(g.id);
-            let best = m.replication.as_ref().and_then(|r| {
-                r.iter()
-                    .filter(|(id, _)| {
-                        **id != self.id && m.membership_config.membership().voter_ids().any(|v| v == **id)
-                    })
-                    .max_by_key(|(_, matched)| matched.as_ref().map_or(0, |l| l.index))
-                    .map(|(id, _)| *id)
-            });
+            let (last, views) = g.voter_views();
+            let best = leadership::transfer_target(self.id, last, &views, &[]);
             if let Some(to) = best
                 && let Err(e) = g.raft.trigger().transfer_leader(to).await
             {
@@ -497,118 +506,10 @@ impl Host {
         }
         still
     }
-
-    /// Periodic upkeep: metrics, the drain mark, disk space, and making every
-    /// node in the map a member (learner at least) of the metadata group.
-    pub async fn upkeep(self: &Arc<Self>) {
-        let mut last_leaders: HashMap<GroupId, Option<NodeId>> = HashMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            for g in self.groups() {
-                let m = g.metrics();
-                METRICS.group(g.id, &m, self.id);
-                let prev = last_leaders.insert(g.id, m.current_leader);
-                if let Some(prev) = prev
-                    && prev != m.current_leader
-                    && m.current_leader.is_some()
-                {
-                    METRICS.leader_changes.with_label_values(&[&g.id.to_string()]).inc();
-                }
-            }
-            if self.draining.load(Ordering::SeqCst) && !self.shutting_down.load(Ordering::SeqCst) {
-                self.hand_off_leaderships().await;
-            }
-            self.check_disk();
-            self.sync_meta_learners().await;
-        }
-    }
-
-    fn check_disk(&self) {
-        let free_mb = fs_free_bytes(&self.config.data_dir).map(|b| b / (1 << 20));
-        if let Some(free_mb) = free_mb {
-            let full = free_mb < self.config.min_free_mb;
-            if full != self.disk_full.swap(full, Ordering::SeqCst) {
-                if full {
-                    tracing::error!(
-                        free_mb,
-                        min_free_mb = self.config.min_free_mb,
-                        "disk nearly full: refusing writes"
-                    );
-                } else {
-                    tracing::info!(free_mb, "disk space recovered: accepting writes again");
-                }
-            }
-            METRICS.disk_full.set(full as i64);
-        }
-    }
-
-    /// On the metadata leader: every node in the map is a learner of the
-    /// metadata group at least, and a learner that left the map leaves the group.
-    async fn sync_meta_learners(&self) {
-        let (Some(map), Some(meta)) = (self.map(), self.group(GroupId::Meta)) else {
-            return;
-        };
-        let m = meta.metrics();
-        if m.state != ServerState::Leader {
-            return;
-        }
-        let members = m.membership_config.membership();
-        let known: Vec<NodeId> = members.voter_ids().chain(members.learner_ids()).collect();
-        for node in map.nodes.keys().filter(|n| !known.contains(n)) {
-            tracing::info!(node, "adding node to the metadata group as a learner");
-            match tokio::time::timeout(UPKEEP_CHANGE_WITHIN, meta.raft.add_learner(*node, EmptyNode {}, false)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(node, error = %e, "could not add metadata learner"),
-                Err(_) => tracing::warn!(node, "adding a metadata learner did not commit in time"),
-            }
-        }
-        // A learner missing from the map was removed from the cluster (or
-        // re-added by a race with RemoveNode). Only judged once the map is
-        // applied up to the membership, so a map that is merely behind the
-        // log (a new leader still applying) removes nothing.
-        let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
-        let membership_at = m.membership_config.log_id().as_ref().map_or(0, |l| l.index);
-        let gone: BTreeSet<NodeId> = members.learner_ids().filter(|n| !map.nodes.contains_key(n)).collect();
-        if !gone.is_empty() && applied >= membership_at {
-            tracing::info!(nodes = ?gone, "removing learners that left the cluster map from the metadata group");
-            let change = meta.raft.change_membership(ChangeMembers::RemoveNodes(gone), false);
-            match tokio::time::timeout(UPKEEP_CHANGE_WITHIN, change).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not remove metadata learners"),
-                Err(_) => tracing::warn!("removing metadata learners did not commit in time"),
-            }
-        }
-    }
-}
-
-async fn initialize(raft: &Raft, voters: &[NodeId]) -> Result<(), NodeError> {
-    let members: BTreeMap<NodeId, EmptyNode> = voters.iter().map(|&v| (v, EmptyNode {})).collect();
-    match raft.initialize(members).await {
-        Ok(()) => Ok(()),
-        // Already initialised: a retried bootstrap.
-        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-        Err(e) => Err(NodeError::Raft(e.to_string())),
-    }
 }
 
 /// Free bytes on the file system holding `path`, as an unprivileged writer sees it.
-fn fs_free_bytes(path: &std::path::Path) -> Option<u64> {
+pub(crate) fn fs_free_bytes(path: &std::path::Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
-/// A transport failure before the request reached the peer (so nothing
-/// can have been applied), as opposed to one in the middle of a call.
-pub fn never_connected(s: &tonic::Status) -> bool {
-    let m = s.message().to_ascii_lowercase();
-    s.code() == tonic::Code::Unavailable
-        && (m.contains("connect")
-            || m.contains("connection refused")
-            || m.contains("dns error")
-            || m.contains("no address"))
-        && !m.contains("reset")
 }

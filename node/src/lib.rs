@@ -6,10 +6,18 @@
 //! shards) and one HTTP/2 connection per peer.
 //!
 //! ```text
-//!  client ─▶ KvService (2379) ─┐                       ┌─▶ LogStore ─┐
-//!  kvctl/operator ─▶ Admin (2381) ─▶ Host ─▶ Raft per group            ├─▶ RocksDB (log/state/data CFs)
-//!  peers ─▶ PeerService (2380) ─┘        └─▶ PeerPool ─▶ other nodes   └─▶ StateMachine ┘
+//!  client ─▶ services::kv (2379) ───┐                      ┌─▶ raft::group: Raft per group ─▶ storage (one RocksDB)
+//!  kvctl/operator ─▶ services::admin (2381) ─▶ routing ─▶ Host
+//!  peers ─▶ services::peer (2380) ──┘  (leader, once,     └─▶ raft::network: PeerPool ─▶ other nodes
+//!  Prometheus ─▶ services::http       retry when safe)    upkeep: sweeps, disk, metadata learners
 //! ```
+//!
+//! - [`services`]: the four ports, thin adapters that validate and call the host.
+//! - [`routing`]: the one "find the leader, forward once, retry only when safe" loop.
+//! - [`host`]: the node's state: its groups, the cluster map, joins, proposals.
+//! - [`raft`]: openraft wiring: type config, the peer client, a group's lifecycle.
+//! - [`storage`]: the log, state machines and snapshots over one RocksDB.
+//! - [`upkeep`]: periodic work (expiry sweeps, disk watch, metadata membership).
 //!
 //! # Why openraft `=0.10.0-alpha.37`
 //!
@@ -23,7 +31,7 @@
 //! storage conformance suite (`storage::tests`).
 //!
 //! We do not use `openraft-multi`: its router only shares connections, which
-//! [`network::PeerPool`] does directly over tonic, with a separate channel
+//! [`raft::network::PeerPool`] does directly over tonic, with a separate channel
 //! for snapshots.
 //!
 //! # What it may depend on
@@ -32,18 +40,18 @@
 //! RocksDB, openraft and tonic stay inside this crate's adapters.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod config;
 pub mod error;
 pub mod host;
-pub mod http;
 pub mod identity;
-pub mod kv;
 pub mod metrics;
-pub mod network;
-pub mod peer;
+pub mod raft;
+pub mod routing;
+pub mod services;
 pub mod storage;
-pub mod types;
+pub mod upkeep;
+
+use services::{admin, http, kv, peer};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,7 +67,24 @@ use tokio_util::sync::CancellationToken;
 pub use config::NodeConfig;
 use host::Host;
 
-const MAX_MESSAGE: usize = 64 << 20;
+/// Largest gRPC message each port decodes, matched to what a legitimate
+/// caller sends: a client request is one key and one value; a peer message
+/// is an append batch (bounded by [`raft::network::MAX_APPEND_BYTES`]), a
+/// snapshot chunk or a forwarded map; an admin request is small. Replies
+/// may be larger (a scan page, a cluster map of many nodes).
+pub mod message_limits {
+    use raftkv_core::limits;
+
+    pub const CLIENT_REQUEST: usize = limits::MAX_KEY_BYTES + limits::MAX_VALUE_BYTES + (64 << 10);
+    pub const CLIENT_REPLY: usize = limits::MAX_SCAN_BYTES + (4 << 20);
+    pub const PEER: usize = 16 << 20;
+    pub const ADMIN_REQUEST: usize = 1 << 20;
+    pub const ADMIN_REPLY: usize = 16 << 20;
+    /// Streams one connection may have open at once.
+    pub const STREAMS_PER_CONNECTION: u32 = 256;
+    /// Largest request header block (gRPC metadata).
+    pub const HEADER_BYTES: u32 = 16 << 10;
+}
 
 async fn listen(host: &str, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     let addr: SocketAddr = tokio::net::lookup_host((host, port))
@@ -84,25 +109,37 @@ pub async fn run(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<
     let admin_l = listen(&config.listen_host, config.admin_port, "admin").await?;
     let http_l = listen(&config.listen_host, config.http_port, "http").await?;
 
+    use message_limits as lim;
+    let server = || {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(lim::STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(lim::HEADER_BYTES)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    };
     let s = servers_stop.clone();
-    let peer_srv = tonic::transport::Server::builder()
+    let peer_srv = server()
         .add_service(
             PeerServer::new(peer::PeerService { host: host.clone() })
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(lim::PEER)
+                .max_encoding_message_size(lim::PEER),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(peer_l), async move { s.cancelled().await });
     let s = servers_stop.clone();
-    let client_srv = tonic::transport::Server::builder()
+    let client_srv = server()
         .add_service(
             KvServer::new(kv::KvService { host: host.clone() })
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE),
+                .max_decoding_message_size(lim::CLIENT_REQUEST)
+                .max_encoding_message_size(lim::CLIENT_REPLY),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(client_l), async move { s.cancelled().await });
     let s = servers_stop.clone();
-    let admin_srv = tonic::transport::Server::builder()
-        .add_service(AdminServer::new(admin::AdminService { host: host.clone() }))
+    let admin_srv = server()
+        .add_service(
+            AdminServer::new(admin::AdminService { host: host.clone() })
+                .max_decoding_message_size(lim::ADMIN_REQUEST)
+                .max_encoding_message_size(lim::ADMIN_REPLY),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(admin_l), async move { s.cancelled().await });
     let s = servers_stop.clone();
     let http_srv =
@@ -119,6 +156,10 @@ pub async fn run(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<
     let upkeep = tokio::spawn({
         let host = host.clone();
         async move { host.upkeep().await }
+    });
+    let sweeper = tokio::spawn({
+        let host = host.clone();
+        async move { host.sweep_expired().await }
     });
     tracing::info!(
         client = config.client_port,
@@ -143,6 +184,7 @@ pub async fn run(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<
     shutdown(&host, config.shutdown_grace()).await;
     servers_stop.cancel();
     let _ = upkeep.await;
+    let _ = sweeper.await;
     servers.await??;
     Ok(())
 }
@@ -154,7 +196,7 @@ async fn shutdown(host: &Arc<Host>, grace: Duration) {
     let started = Instant::now();
     tracing::info!(grace_s = grace.as_secs(), "shutting down");
     host.shutting_down.store(true, Ordering::SeqCst);
-    while pending_proposals() > 0 && started.elapsed() < grace / 4 {
+    while host.proposals_in_flight() > 0 && started.elapsed() < grace / 4 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for g in host.groups() {
@@ -185,15 +227,4 @@ async fn shutdown(host: &Arc<Host>, grace: Duration) {
         tracing::error!(error = %e, "final WAL flush failed");
     }
     tracing::info!(took_ms = started.elapsed().as_millis() as u64, "stopped");
-}
-
-fn pending_proposals() -> i64 {
-    use prometheus::core::Collector;
-    metrics::METRICS
-        .proposals_pending
-        .collect()
-        .iter()
-        .flat_map(|f| f.get_metric())
-        .map(|m| m.get_gauge().get_value() as i64)
-        .sum()
 }

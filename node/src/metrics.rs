@@ -20,6 +20,7 @@ pub struct Metrics {
     pub proposals_committed: IntGaugeVec,
     pub proposals_applied: IntGaugeVec,
     pub proposals_failed: IntCounterVec,
+    pub expired_deleted: IntCounterVec,
     pub proposals_pending: IntGaugeVec,
     pub replica_lag: IntGaugeVec,
     pub wal_fsync: Histogram,
@@ -93,6 +94,11 @@ impl Metrics {
             proposals_failed: counter(
                 "raftkv_server_proposals_failed_total",
                 "Proposals that failed (not leader, shutdown, storage).",
+                &["shard"],
+            ),
+            expired_deleted: counter(
+                "raftkv_server_expired_keys_deleted_total",
+                "Expired keys deleted by the leader's expiry sweeps (counted where proposed).",
                 &["shard"],
             ),
             proposals_pending: gauge("raftkv_server_proposals_pending", "Proposals waiting to be applied."),
@@ -188,7 +194,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn group(&self, g: GroupId, m: &openraft::RaftMetrics<crate::types::TypeConfig>, self_id: u64) {
+    pub fn group(&self, g: GroupId, m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>, self_id: u64) {
         let l = shard_label(g);
         let l = [l.as_str()];
         self.has_leader

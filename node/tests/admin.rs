@@ -307,6 +307,43 @@ async fn a_new_node_receives_replicas_by_snapshot_and_all_replicas_agree() {
     }
 }
 
+/// An operator killed mid-bootstrap drops its call, and with it the handler
+/// on the node and the joins that node was sending: the bootstrap and every
+/// join run to their end regardless, so no shard is left without a leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_whose_caller_gives_up_still_joins_every_node_and_leads_every_shard() {
+    let mut c = Cluster::start(3, &[]).await;
+    let mut call = tonic::Request::new(c.bootstrap_request(8, 3));
+    // Gone before the first join could finish (the node enforces the deadline too).
+    call.set_timeout(Duration::from_millis(1));
+    let mut admin0 = Admin::node(&c.nodes[0].admin_ep()).unwrap();
+    assert!(admin0.bootstrap(call).await.is_err(), "the caller gave up");
+    c.shards = 8;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut joined = 0;
+        for n in &c.nodes {
+            let s = n.status().await.unwrap();
+            // The metadata group and all 8 shards on every node (RF 3 of 3).
+            if s.joined && s.shards.len() == 9 {
+                joined += 1;
+            }
+        }
+        if joined == 3 && c.leaders().await.len() == 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{joined} of 3 nodes fully joined, leaders {:?}",
+            c.leaders().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let map = c.admin().cluster_map().await.unwrap();
+    assert_eq!(map.shard_count, 8);
+    c.client().put(b"after-bootstrap", b"ok", 0).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_drain_and_an_unsafe_removal_is_refused() {
     let mut c = Cluster::start(3, &[]).await;
@@ -359,8 +396,12 @@ async fn transfer_drain_and_an_unsafe_removal_is_refused() {
     let refused = a.remove_replica(2, healthy).await.unwrap_err();
     assert_eq!(code(&refused), tonic::Code::FailedPrecondition, "{refused}");
     assert!(refused.to_string().contains("quorum"), "{refused}");
-    // Removing the dead replica is safe.
-    let s = a.remove_replica(2, down_id).await.unwrap();
+    // Removing the dead replica is safe for quorum, but leaves the shard
+    // below its replication factor: refused unless forced.
+    let below = a.remove_replica(2, down_id).await.unwrap_err();
+    assert_eq!(code(&below), tonic::Code::FailedPrecondition, "{below}");
+    assert!(below.to_string().contains("below the replication factor"), "{below}");
+    let s = a.remove_replica_with(2, down_id, true).await.unwrap();
     assert_eq!(s.voters.len(), 2);
     assert!(!a.cluster_map().await.unwrap().shards[2].voters.contains(&down_id));
 }
@@ -465,7 +506,7 @@ async fn a_lost_metadata_voter_hands_its_seat_to_a_new_node_and_leaves() {
     c.nodes[1].kill9();
     c.wait_all_leaders(Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let s = a.remove_replica(0, ids[1]).await.unwrap();
+    let s = a.remove_replica_with(0, ids[1], true).await.unwrap();
     assert!(!s.voters.contains(&ids[1]));
     let map = a.cluster_map().await.unwrap();
     assert!(!map.shards[0].voters.contains(&ids[1]), "{:?}", map.shards[0]);
@@ -483,15 +524,19 @@ async fn a_lost_metadata_voter_hands_its_seat_to_a_new_node_and_leaves() {
     let e = a.replace_meta_voter(ids[2], 0).await.unwrap_err();
     assert_eq!(code(&e), tonic::Code::FailedPrecondition, "{e}");
     assert!(e.to_string().contains("quorum"), "{e}");
-    // ...accepted for the dead one, leaving the two live voters.
-    let map = a.replace_meta_voter(ids[1], 0).await.unwrap();
+    // ...refused for the dead one too while 3 nodes want 3 voters, unless forced:
+    let e = a.replace_meta_voter(ids[1], 0).await.unwrap_err();
+    assert_eq!(code(&e), tonic::Code::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("would leave 2 voters"), "{e}");
+    // ...then accepted, leaving the two live voters.
+    let map = a.replace_meta_voter_with(ids[1], 0, true).await.unwrap();
     let mut two = vec![ids[2], new];
     two.sort_unstable();
     assert_eq!(map.meta_voters, two);
     assert_eq!(
         a.replace_meta_voter(ids[1], 0).await.unwrap().meta_voters,
         two,
-        "idempotent"
+        "idempotent (already done, so nothing is checked again)"
     );
     client.put(b"meta/after", b"v", 0).await.unwrap();
 }
@@ -572,4 +617,76 @@ async fn a_full_disk_refuses_writes_serves_reads_and_recovers() {
     for i in 0..3 {
         assert!(c.nodes[i].is_running());
     }
+}
+
+/// Draining is refused for the node that would leave some group with no
+/// other voter able to lead: draining every node is an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_node_able_to_lead_refuses_to_drain() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.bootstrap(4, 3).await;
+    let mut admins: Vec<_> = c.nodes.iter().map(|n| Admin::node(&n.admin_ep()).unwrap()).collect();
+    admins[0].drain_leaders(admin::DrainRequest {}).await.unwrap();
+    admins[1].drain_leaders(admin::DrainRequest {}).await.unwrap();
+    let refused = admins[2].drain_leaders(admin::DrainRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused}");
+    assert!(
+        refused.to_string().contains("without a voter able to lead"),
+        "{refused}"
+    );
+    assert!(
+        !c.nodes[2].status().await.unwrap().draining,
+        "the refused drain left a mark"
+    );
+    c.wait_all_leaders(Duration::from_secs(30)).await;
+    c.client().put(b"still-led", b"ok", 0).await.unwrap();
+    // Once another node may lead again, the drain goes through.
+    admins[1].undrain_leaders(admin::DrainRequest {}).await.unwrap();
+    admins[2].drain_leaders(admin::DrainRequest {}).await.unwrap();
+    assert!(c.nodes[2].status().await.unwrap().draining);
+}
+
+/// Expired keys are deleted, not only hidden: the leaders' sweeps propose
+/// their deletion, every replica applies it, and the replicas' digests stay
+/// equal. Keys without a TTL stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_keys_are_reclaimed_on_every_replica_with_equal_digests() {
+    let mut c = Cluster::start(3, &["--expiry-sweep-ms", "200"]).await;
+    c.bootstrap(2, 3).await;
+    let client = c.client();
+    for i in 0..300 {
+        client.put(format!("session/{i}").as_bytes(), b"s", 1).await.unwrap();
+    }
+    for i in 0..20 {
+        client.put(format!("durable/{i}").as_bytes(), b"d", 0).await.unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut stored = 0;
+        let mut same = true;
+        for shard in 0..2 {
+            let d = digests(&c, shard).await;
+            same &= d.len() == 3
+                && d.windows(2)
+                    .all(|w| w[0].applied_index == w[1].applied_index && w[0].digest == w[1].digest);
+            stored += d.iter().map(|x| x.key_count).max().unwrap_or(0);
+        }
+        if same && stored == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "records stored {stored} (20 without a TTL), replicas agree: {same}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..3 {
+        let via = c.client_via(i);
+        assert!(!via.get(b"session/7", Consistency::Stale, 0).await.unwrap().found);
+        assert!(via.get(b"durable/7", Consistency::Stale, 0).await.unwrap().found);
+    }
+    let deleted = metric(&c, 0, "raftkv_server_expired_keys_deleted_total").await
+        + metric(&c, 1, "raftkv_server_expired_keys_deleted_total").await
+        + metric(&c, 2, "raftkv_server_expired_keys_deleted_total").await;
+    assert!(deleted >= 300.0, "sweeps report {deleted} deletions");
 }

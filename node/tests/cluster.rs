@@ -178,23 +178,31 @@ async fn every_operation_works_through_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ttl_expiry_is_consistent() {
+async fn an_expired_key_is_absent_for_every_read_on_every_node_and_for_cas() {
     let c = three_nodes(&[]).await;
     let client = c.client();
     client.put(b"ephemeral", b"x", 1).await.unwrap();
     let got = client.get(b"ephemeral", Consistency::Linearizable, 0).await.unwrap();
     assert!(got.found && got.expires_at_ms > 0);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Wait (by the wall clock the expiry is measured in) until it has expired.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    while now_ms() <= got.expires_at_ms {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for i in 0..3 {
-        let r = c
-            .client_via(i)
-            .get(b"ephemeral", Consistency::Linearizable, 0)
-            .await
-            .unwrap();
-        assert!(
-            !r.found,
-            "an expired key was returned by a linearizable read through node {i}"
-        );
+        for consistency in [Consistency::Linearizable, Consistency::Lease, Consistency::Stale] {
+            let r = c.client_via(i).get(b"ephemeral", consistency, 0).await.unwrap();
+            assert!(
+                !r.found,
+                "an expired key was returned by a {consistency:?} read through node {i} (served by {:?})",
+                r.read.map(|r| r.served_by)
+            );
+        }
     }
     // Expired counts as absent for compare-and-set too.
     let r = client

@@ -1,6 +1,6 @@
 //! The `kvctl` contract against a real cluster: raw value on stdout, exit 1
 //! and "not found" on stderr for a missing key, `--output json` everywhere,
-//! non-zero exit on any error.
+//! non-zero exit on any error, and --force where the admin API asks for it.
 
 mod support;
 
@@ -84,6 +84,35 @@ async fn kvctl_follows_its_output_contract() {
         String::from_utf8_lossy(&bad.stderr).contains("key must not be empty"),
         "{bad:?}"
     );
+
+    // Removing a replica below the replication factor takes --force. The
+    // victim is shard 0's leader: it removes itself and still answers with
+    // the shard as it left it.
+    let mut leader = None;
+    for n in &c.nodes {
+        let s = n.status().await.expect("status");
+        if s.shards.iter().any(|x| !x.meta && x.shard == 0 && x.role == "leader") {
+            leader = Some(s.node_id);
+        }
+    }
+    let victim = leader.expect("shard 0 has a leader").to_string();
+    let refused = run(&["admin", "remove-replica", "0", &victim]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("below the replication factor"),
+        "{refused:?}"
+    );
+    let forced = run(&["-o", "json", "admin", "remove-replica", "0", &victim, "--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    let v: serde_json::Value = serde_json::from_slice(&forced.stdout).expect("JSON output");
+    let voters: Vec<String> = v["voters"]
+        .as_array()
+        .expect("voters")
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    assert_eq!(voters.len(), 2, "{v}");
+    assert!(!voters.contains(&victim), "{v}");
 
     let unreachable = tokio::task::block_in_place(|| {
         Command::new(kvctl_binary())

@@ -116,7 +116,9 @@ pub async fn node_status(pod: &str, endpoint: &str) -> Result<NodeInfo> {
 pub async fn cluster_map(pod: &str, endpoint: &str) -> Result<MapObs> {
     let mut c = Admin::node(endpoint).map_err(|e| node_err("ClusterMap", pod, e))?;
     let r = timed("ClusterMap", pod, CALL_TIMEOUT, async {
-        Ok(c.cluster_map(admin::ClusterMapRequest {}).await?.into_inner())
+        Ok(c.cluster_map(admin::ClusterMapRequest { linearizable: false })
+            .await?
+            .into_inner())
     })
     .await?;
     Ok(map_obs(r))

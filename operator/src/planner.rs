@@ -564,8 +564,18 @@ fn rebalance(o: &Observed, map: &crate::model::MapObs) -> Action {
     let pod_of = |node: u64| o.joined().find(|(_, i)| i.node_id == node).map(|(p, _)| p.name.clone());
     let live = o.live_nodes();
     let nodes: Vec<u64> = map.nodes.keys().copied().filter(|n| live.contains(n)).collect();
-    if nodes.len() != map.nodes.len() || (0..map.shard_count).any(|s| !o.has_leader(s)) {
+    if nodes.len() != map.nodes.len() {
         return Action::Idle;
+    }
+    // A leader that a move removed steps down and its shard elects anew
+    // within seconds: look again soon, not after the idle interval (that
+    // made every move of a scale-up cost 30 s).
+    let leaderless: Vec<u32> = (0..map.shard_count).filter(|s| !o.has_leader(*s)).collect();
+    if !leaderless.is_empty() {
+        return Action::Wait {
+            kind: None,
+            message: format!("rebalance waits for shards {leaderless:?} to elect a leader"),
+        };
     }
     let load = |n: u64| map.shards.iter().filter(|r| r.contains(n)).count();
     let rf = map.replication_factor as usize;

@@ -27,8 +27,8 @@ const T: Duration = Duration::from_secs(180);
 const KEYS: usize = 40;
 
 fn repo_file(path: &str) -> String {
-    let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+    let full = raftkv_e2e::harness::repo_dir().join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 
 /// examples/operator.yaml, moved into the test's namespace and watching only
@@ -281,18 +281,25 @@ async fn scenario(ns: &TestNamespace, operator: &str) -> anyhow::Result<()> {
         })
     })
     .await?;
+    // Removing the lost node from the map is the operator's last step, after
+    // the seat moved (Degraded may clear a reconcile before it).
     let ip = ns.pod_ip("example-0").await?;
-    let map = Admin::new(&[format!("{ip}:2381")])?.cluster_map().await?;
-    ensure!(
-        map.meta_voters.contains(&new) && !map.meta_voters.contains(&old) && map.meta_voters.len() == 3,
-        "metadata voters {:?} (old node {old}, new node {new})",
-        map.meta_voters
-    );
-    ensure!(
-        map.nodes.len() == 3 && map.nodes.iter().all(|n| n.node_id != old),
-        "the lost node is still in the map: {:?}",
-        map.nodes.iter().map(|n| n.node_id).collect::<Vec<_>>()
-    );
+    let admin = Admin::new(&[format!("{ip}:2381")])?;
+    ns.wait_until("the lost node to leave the map and its seat to move", T, || async {
+        let map = admin.cluster_map().await?;
+        let voters_ok = map.meta_voters.contains(&new) && !map.meta_voters.contains(&old) && map.meta_voters.len() == 3;
+        let nodes_ok = map.nodes.len() == 3 && map.nodes.iter().all(|n| n.node_id != old);
+        Ok(if voters_ok && nodes_ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "metadata voters {:?}, nodes {:?} (old node {old}, new node {new})",
+                map.meta_voters,
+                map.nodes.iter().map(|n| n.node_id).collect::<Vec<_>>()
+            ))
+        })
+    })
+    .await?;
     all_keys_readable(&client).await?;
     Ok(())
 }

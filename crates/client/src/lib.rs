@@ -107,11 +107,7 @@ impl Pool {
 /// node was never reached. A call cut off midway is not retried: a write may
 /// have been applied, and only the caller knows whether repeating it is safe.
 fn retryable(s: &tonic::Status) -> bool {
-    let m = s.message().to_ascii_lowercase();
-    s.metadata().get("x-raftkv-retry-safe").is_some()
-        || (s.code() == tonic::Code::Unavailable
-            && (m.contains("connect") || m.contains("dns error"))
-            && !m.contains("reset"))
+    raftkv_proto::retry::retry_safe(s)
 }
 
 /// KV calls.
@@ -225,11 +221,13 @@ impl Admin {
         Ok(AdminClient::new(ch))
     }
 
+    /// The cluster map as of now: the metadata leader confirms it still leads
+    /// before answering, so the map shows every admin change that returned.
     pub async fn cluster_map(&self) -> Result<admin::ClusterMapResponse, ClientError> {
         self.pool
             .with_retry(|ch| async move {
                 AdminClient::new(ch)
-                    .cluster_map(admin::ClusterMapRequest {})
+                    .cluster_map(admin::ClusterMapRequest { linearizable: true })
                     .await
                     .map(|r| r.into_inner())
             })
@@ -264,9 +262,21 @@ impl Admin {
         old_node_id: u64,
         new_node_id: u64,
     ) -> Result<admin::ClusterMapResponse, ClientError> {
+        self.replace_meta_voter_with(old_node_id, new_node_id, false).await
+    }
+
+    /// [`Admin::replace_meta_voter`]; with `force`, a seat is given up (new
+    /// node 0) even below the voter count the cluster's size wants.
+    pub async fn replace_meta_voter_with(
+        &self,
+        old_node_id: u64,
+        new_node_id: u64,
+        force: bool,
+    ) -> Result<admin::ClusterMapResponse, ClientError> {
         let req = admin::ReplaceMetaVoterRequest {
             old_node_id,
             new_node_id,
+            force,
         };
         self.pool
             .with_retry(|ch| async move {
@@ -279,21 +289,40 @@ impl Admin {
     }
 
     pub async fn add_replica(&self, shard: u32, node_id: u64) -> Result<admin::ShardStatus, ClientError> {
-        let req = admin::ReplicaRequest { shard, node_id };
+        let req = admin::ReplicaRequest {
+            shard,
+            node_id,
+            force: false,
+        };
         self.pool
             .with_retry(|ch| async move { AdminClient::new(ch).add_replica(req).await.map(|r| r.into_inner()) })
             .await
     }
 
     pub async fn promote_replica(&self, shard: u32, node_id: u64) -> Result<admin::ShardStatus, ClientError> {
-        let req = admin::ReplicaRequest { shard, node_id };
+        let req = admin::ReplicaRequest {
+            shard,
+            node_id,
+            force: false,
+        };
         self.pool
             .with_retry(|ch| async move { AdminClient::new(ch).promote_replica(req).await.map(|r| r.into_inner()) })
             .await
     }
 
+    /// Removes `node_id`'s replica of `shard`; refused below the replication factor.
     pub async fn remove_replica(&self, shard: u32, node_id: u64) -> Result<admin::ShardStatus, ClientError> {
-        let req = admin::ReplicaRequest { shard, node_id };
+        self.remove_replica_with(shard, node_id, false).await
+    }
+
+    /// [`Admin::remove_replica`]; with `force`, even below the replication factor.
+    pub async fn remove_replica_with(
+        &self,
+        shard: u32,
+        node_id: u64,
+        force: bool,
+    ) -> Result<admin::ShardStatus, ClientError> {
+        let req = admin::ReplicaRequest { shard, node_id, force };
         self.pool
             .with_retry(|ch| async move { AdminClient::new(ch).remove_replica(req).await.map(|r| r.into_inner()) })
             .await
@@ -304,5 +333,40 @@ impl Admin {
         self.pool
             .with_retry(|ch| async move { AdminClient::new(ch).transfer_leader(req).await.map(|r| r.into_inner()) })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use raftkv_proto::kv::{GetRequest, kv_client::KvClient};
+    use raftkv_proto::retry::{never_connected, retry_safe};
+    use tonic::transport::Endpoint;
+
+    /// Whether a write may be retried elsewhere is decided by tonic's typed
+    /// connect error, never by the words of a message.
+    #[tokio::test]
+    async fn only_a_connection_never_made_counts_as_never_connected() {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect_lazy();
+        let refused = KvClient::new(channel)
+            .get(GetRequest::default())
+            .await
+            .expect_err("nothing listens on the port");
+        assert!(never_connected(&refused), "{refused:?}");
+        assert!(retry_safe(&refused));
+
+        let worded = tonic::Status::unavailable("tcp connect error: connection refused");
+        assert!(
+            !never_connected(&worded),
+            "a message that mentions connecting is not a connect error"
+        );
+        assert!(!retry_safe(&worded));
     }
 }

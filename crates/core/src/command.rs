@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
-use crate::map::ClusterMap;
+use crate::map::{ClusterMap, MapError};
 use crate::record::ValueRecord;
+use crate::{GroupId, codec, limits};
 
 /// Format version of an encoded [`Request`] inside a log entry.
 pub const REQUEST_FORMAT: u8 = 1;
@@ -47,14 +47,128 @@ pub enum Command {
         expected_version: u64,
         map: ClusterMap,
     },
+    /// Data shard: delete those of `keys` whose record has expired at the
+    /// request's `proposed_at_ms` (the leader's clock), so expiry is decided
+    /// once, by the leader, and every replica deletes the same records.
+    Expire {
+        keys: Vec<Vec<u8>>,
+    },
 }
+
+/// Most keys one [`Command::Expire`] may name.
+pub const MAX_EXPIRE_KEYS: usize = 1_024;
 
 impl Command {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => Some(key),
-            Command::InitMap(_) | Command::UpdateMap { .. } => None,
+            Command::InitMap(_) | Command::UpdateMap { .. } | Command::Expire { .. } => None,
         }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Put { .. } => "put",
+            Command::Delete { .. } => "delete",
+            Command::Cas { .. } => "compare-and-set",
+            Command::InitMap(_) => "init-map",
+            Command::UpdateMap { .. } => "update-map",
+            Command::Expire { .. } => "expire",
+        }
+    }
+
+    /// Whether this kind of command belongs in `group`'s log: key commands
+    /// in data shards, map commands in the metadata group. Part of
+    /// [`Proposal::new`], and checked again by apply (a log written by
+    /// anything else is rejected there, identically on every replica).
+    pub fn check_group(&self, group: GroupId) -> Result<(), CommandError> {
+        let is_meta = matches!(self, Command::InitMap(_) | Command::UpdateMap { .. });
+        if is_meta != (group == GroupId::Meta) {
+            return Err(CommandError::WrongGroup {
+                command: self.name(),
+                group,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every rule a command must pass before it may be proposed: the group,
+    /// the input limits, a valid map.
+    pub fn validate(&self, group: GroupId) -> Result<(), CommandError> {
+        self.check_group(group)?;
+        let ttl = |ttl_ms: &Option<u64>| match ttl_ms {
+            Some(ms) if *ms == 0 || *ms > limits::MAX_TTL_SECONDS.saturating_mul(1000) => {
+                Err(CommandError::BadTtl(*ms))
+            }
+            _ => Ok(()),
+        };
+        match self {
+            Command::Put { key, value, ttl_ms } => {
+                limits::check_key(key)?;
+                limits::check_value(value)?;
+                ttl(ttl_ms)
+            }
+            Command::Delete { key } => Ok(limits::check_key(key)?),
+            Command::Cas { key, value, ttl_ms, .. } => {
+                limits::check_key(key)?;
+                if let Some(v) = value {
+                    limits::check_value(v)?;
+                }
+                ttl(ttl_ms)
+            }
+            Command::InitMap(map) | Command::UpdateMap { map, .. } => Ok(map.validate()?),
+            Command::Expire { keys } => {
+                if keys.is_empty() || keys.len() > MAX_EXPIRE_KEYS {
+                    return Err(CommandError::BadExpireBatch(keys.len()));
+                }
+                keys.iter().try_for_each(|k| limits::check_key(k))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why a command may not be proposed (or, for the group and map checks,
+/// why apply rejected it).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("a {command} command does not belong in group {group}'s log")]
+    WrongGroup { command: &'static str, group: GroupId },
+    #[error(transparent)]
+    Input(#[from] limits::InputError),
+    #[error("ttl of {0} ms is outside 1 ms ..= {max} s", max = limits::MAX_TTL_SECONDS)]
+    BadTtl(u64),
+    #[error("invalid cluster map: {0}")]
+    Map(#[from] MapError),
+    #[error("an expire command names 1 to {MAX_EXPIRE_KEYS} keys, not {0}")]
+    BadExpireBatch(usize),
+}
+
+/// A request that passed [`Command::validate`] for the group it is for: the
+/// only thing the node proposes, whether the request came from a client, an
+/// admin call or a peer.
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    group: GroupId,
+    request: Request,
+}
+
+impl Proposal {
+    pub fn new(group: GroupId, request: Request) -> Result<Self, CommandError> {
+        request.command.validate(group)?;
+        Ok(Proposal { group, request })
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    pub fn into_request(self) -> Request {
+        self.request
     }
 }
 
@@ -97,6 +211,19 @@ pub enum Response {
         version: u64,
         reason: Option<String>,
     },
+    /// The entry was not a command for this group (or its map was invalid):
+    /// nothing changed, on every replica alike.
+    Rejected {
+        reason: String,
+    },
+    /// How many of an [`Command::Expire`]'s keys were expired and deleted.
+    Expired {
+        deleted: u64,
+    },
+}
+
+fn rejected(e: CommandError) -> Response {
+    Response::Rejected { reason: e.to_string() }
 }
 
 /// What the state machine must do to the key's stored record.
@@ -112,11 +239,12 @@ fn expiry(proposed_at_ms: u64, ttl_ms: Option<u64>) -> Option<u64> {
 }
 
 /// Applies a key command at log `index` against the key's `current` record.
-/// An expired record counts as absent.
-///
-/// # Panics
-/// On a metadata command: the node routes those to [`apply_map`] only.
+/// An expired record counts as absent. Total: a metadata command is
+/// [`Response::Rejected`] and changes nothing.
 pub fn apply_kv(req: &Request, index: u64, current: Option<&ValueRecord>) -> (Effect, Response) {
+    if let Err(e) = req.command.check_group(GroupId::Shard(0)) {
+        return (Effect::Nothing, rejected(e));
+    }
     let now = req.proposed_at_ms;
     let live = current.filter(|r| r.is_live(now));
     let live_version = live.map(|r| r.version);
@@ -192,15 +320,32 @@ pub fn apply_kv(req: &Request, index: u64, current: Option<&ValueRecord>) -> (Ef
                 }
             }
         }
-        Command::InitMap(_) | Command::UpdateMap { .. } => {
-            panic!("metadata command routed to a data shard's apply")
-        }
+        // Not a one-key command: the state machine applies `Expire` with
+        // [`expires`]; the metadata ones belong elsewhere.
+        Command::InitMap(_) | Command::UpdateMap { .. } | Command::Expire { .. } => (
+            Effect::Nothing,
+            rejected(CommandError::WrongGroup {
+                command: req.command.name(),
+                group: GroupId::Shard(0),
+            }),
+        ),
     }
 }
 
+/// Whether an [`Command::Expire`] deletes a key whose stored record is
+/// `current`: only a record that has expired by the leader's clock at
+/// proposal. A key written again since the sweep read it is live and stays.
+pub fn expires(req: &Request, current: Option<&ValueRecord>) -> bool {
+    current.is_some_and(|r| !r.is_live(req.proposed_at_ms))
+}
+
 /// Applies a metadata command to the current map; returns the map to store
-/// (if it changes) and the answer.
+/// (if it changes) and the answer. Total: a key command or an invalid map
+/// is rejected and changes nothing.
 pub fn apply_map(cmd: &Command, current: Option<&ClusterMap>) -> (Option<ClusterMap>, Response) {
+    if let Err(e) = cmd.check_group(GroupId::Meta) {
+        return (None, rejected(e));
+    }
     let reject = |version: u64, reason: String| {
         (
             None,
@@ -211,6 +356,11 @@ pub fn apply_map(cmd: &Command, current: Option<&ClusterMap>) -> (Option<Cluster
             },
         )
     };
+    if let Command::InitMap(map) | Command::UpdateMap { map, .. } = cmd
+        && let Err(e) = map.validate()
+    {
+        return reject(current.map_or(0, |c| c.version), CommandError::from(e).to_string());
+    }
     match (cmd, current) {
         (Command::InitMap(map), None) => (
             Some(map.clone()),
@@ -261,7 +411,13 @@ pub fn apply_map(cmd: &Command, current: Option<&ClusterMap>) -> (Option<Cluster
                 )
             }
         }
-        (other, _) => panic!("data command {other:?} routed to the metadata group's apply"),
+        (other, _) => (
+            None,
+            rejected(CommandError::WrongGroup {
+                command: other.name(),
+                group: GroupId::Meta,
+            }),
+        ),
     }
 }
 
@@ -286,6 +442,7 @@ impl std::fmt::Display for Request {
             Command::UpdateMap { expected_version, map } => {
                 write!(f, "update-map({expected_version} -> {})", map.version)
             }
+            Command::Expire { keys } => write!(f, "expire({} keys)", keys.len()),
         }
     }
 }
@@ -466,6 +623,140 @@ mod tests {
         let mut m = ClusterMap::bootstrap(cluster.into(), nodes, 2, 1).unwrap();
         m.version = version;
         m
+    }
+
+    #[test]
+    fn apply_rejects_commands_of_the_other_group_and_changes_nothing() {
+        let put = req(Command::Put {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ttl_ms: None,
+        });
+        let cur = map("a", 3);
+        let (stored, resp) = apply_map(&put.command, Some(&cur));
+        assert_eq!(stored, None);
+        assert!(
+            matches!(&resp, Response::Rejected { reason } if reason.contains("put")),
+            "{resp:?}"
+        );
+        for meta in [
+            Command::InitMap(map("a", 1)),
+            Command::UpdateMap {
+                expected_version: 1,
+                map: map("a", 2),
+            },
+        ] {
+            let (effect, resp) = apply_kv(&req(meta), 7, Some(&rec(5, None)));
+            assert_eq!(effect, Effect::Nothing);
+            assert!(matches!(resp, Response::Rejected { .. }), "{resp:?}");
+        }
+    }
+
+    #[test]
+    fn expire_deletes_only_records_expired_at_the_proposal() {
+        let expire = Request {
+            proposed_at_ms: 2_000,
+            command: Command::Expire {
+                keys: vec![b"k".to_vec()],
+            },
+        };
+        assert!(expires(&expire, Some(&rec(5, Some(2_000)))));
+        assert!(expires(&expire, Some(&rec(5, Some(1_500)))));
+        assert!(
+            !expires(&expire, Some(&rec(5, Some(2_001)))),
+            "still live at the proposal"
+        );
+        assert!(!expires(&expire, Some(&rec(5, None))), "no ttl");
+        assert!(!expires(&expire, None));
+        assert!(Proposal::new(GroupId::Shard(0), expire.clone()).is_ok());
+        assert!(Proposal::new(GroupId::Meta, expire).is_err());
+        let empty = req(Command::Expire { keys: vec![] });
+        assert_eq!(
+            Proposal::new(GroupId::Shard(0), empty).unwrap_err(),
+            CommandError::BadExpireBatch(0)
+        );
+        let huge = req(Command::Expire {
+            keys: vec![b"k".to_vec(); MAX_EXPIRE_KEYS + 1],
+        });
+        assert!(Proposal::new(GroupId::Shard(0), huge).is_err());
+    }
+
+    #[test]
+    fn apply_rejects_invalid_maps() {
+        let cur = map("a", 3);
+        let mut zero_shards = map("a", 4);
+        zero_shards.shard_count = 0;
+        zero_shards.shards.clear();
+        let (stored, resp) = apply_map(
+            &Command::UpdateMap {
+                expected_version: 3,
+                map: zero_shards.clone(),
+            },
+            Some(&cur),
+        );
+        assert_eq!(stored, None);
+        assert!(
+            matches!(
+                resp,
+                Response::Map {
+                    applied: false,
+                    version: 3,
+                    ..
+                }
+            ),
+            "{resp:?}"
+        );
+        let (stored, resp) = apply_map(&Command::InitMap(zero_shards), None);
+        assert_eq!(stored, None);
+        assert!(matches!(resp, Response::Map { applied: false, .. }), "{resp:?}");
+    }
+
+    #[test]
+    fn proposals_are_validated_for_their_group_and_limits() {
+        let put = |key: Vec<u8>, value: Vec<u8>, ttl_ms| req(Command::Put { key, value, ttl_ms });
+        assert!(Proposal::new(GroupId::Shard(3), put(b"k".to_vec(), b"v".to_vec(), Some(1))).is_ok());
+        assert!(matches!(
+            Proposal::new(GroupId::Meta, put(b"k".to_vec(), b"v".to_vec(), None)),
+            Err(CommandError::WrongGroup {
+                command: "put",
+                group: GroupId::Meta
+            })
+        ));
+        assert!(matches!(
+            Proposal::new(GroupId::Shard(0), req(Command::InitMap(map("a", 1)))),
+            Err(CommandError::WrongGroup { .. })
+        ));
+        assert!(matches!(
+            Proposal::new(GroupId::Shard(0), put(vec![1; limits::MAX_KEY_BYTES + 1], vec![], None)),
+            Err(CommandError::Input(limits::InputError::KeyTooLarge { .. }))
+        ));
+        assert!(matches!(
+            Proposal::new(
+                GroupId::Shard(0),
+                put(b"k".to_vec(), vec![0; limits::MAX_VALUE_BYTES + 1], None)
+            ),
+            Err(CommandError::Input(limits::InputError::ValueTooLarge { .. }))
+        ));
+        assert!(matches!(
+            Proposal::new(GroupId::Shard(0), req(Command::Delete { key: vec![] })),
+            Err(CommandError::Input(limits::InputError::EmptyKey))
+        ));
+        assert_eq!(
+            Proposal::new(GroupId::Shard(0), put(b"k".to_vec(), vec![], Some(0))).unwrap_err(),
+            CommandError::BadTtl(0)
+        );
+        let mut bad = map("a", 2);
+        bad.shards.pop();
+        assert!(matches!(
+            Proposal::new(
+                GroupId::Meta,
+                req(Command::UpdateMap {
+                    expected_version: 1,
+                    map: bad
+                })
+            ),
+            Err(CommandError::Map(MapError::ShardListMismatch { .. }))
+        ));
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub mod node_tag {
     pub const DRAIN: u8 = 2;
     /// `[prefix][TOMBSTONE][group:4]`: a replica removed from this node; never recreated.
     pub const TOMBSTONE: u8 = 3;
+    /// The join finished: every replica the joined map placed here was opened
+    /// and the ones this node seeds were initialised. A node that has
+    /// `JOINED` without it finishes the join at start-up.
+    pub const JOIN_DONE: u8 = 4;
 }
 
 const NODE_PREFIX: [u8; 4] = [0xff; 4];

@@ -14,8 +14,10 @@
 //! - [`map`]: the cluster map (nodes, shard placement) and its initial placement.
 //! - [`command`]: what a shard's Raft log carries and what applying it answers.
 //! - [`record`]: the stored form of a value (version, expiry).
+//! - [`leadership`]: which voters a leader counts as healthy, and whom it hands leadership to.
 //! - [`keys`]: the RocksDB key layout shared by all shards of a node.
 //! - [`scan`]: continuation tokens and key ranges for cross-shard scans.
+//! - [`snapshot`]: the validated file format shard snapshots travel in.
 //! - [`codec`]: the version-prefixed encoding every persisted format uses.
 #![forbid(unsafe_code)]
 
@@ -23,11 +25,13 @@ pub mod codec;
 pub mod command;
 pub mod hash;
 pub mod keys;
+pub mod leadership;
 pub mod limits;
 pub mod map;
 pub mod record;
 pub mod safety;
 pub mod scan;
+pub mod snapshot;
 
 pub use codec::CodecError;
 

@@ -8,10 +8,21 @@ pub const MAX_KEY_BYTES: usize = 4 * 1024;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Largest page a scan returns.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// Most bytes (keys + values) a scan page carries; a page stops early at
+/// this budget (always with at least one item) and says there is more.
+pub const MAX_SCAN_BYTES: usize = 4 << 20;
+/// Smallest per-shard byte budget of a scan across shards (each shard
+/// gets `MAX_SCAN_BYTES / shards`, at least this).
+pub const MIN_SHARD_SCAN_BYTES: usize = 64 << 10;
+
+/// The byte budget of one shard's page in a scan over `shards` shards.
+pub fn shard_scan_bytes(shards: u32) -> usize {
+    (MAX_SCAN_BYTES / shards.max(1) as usize).max(MIN_SHARD_SCAN_BYTES)
+}
 /// Largest TTL, in seconds (10 years): a bigger one is almost certainly a unit mistake.
 pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum InputError {
     #[error("key must not be empty")]
     EmptyKey,

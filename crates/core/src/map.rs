@@ -18,6 +18,12 @@ pub const MAP_FORMAT: u8 = 1;
 pub const MAX_SHARDS: u32 = 65_536;
 /// Most voters the metadata group gets; more nodes join it as learners.
 pub const MAX_META_VOTERS: usize = 5;
+/// Most nodes a map may list (a bound on what a decoded map can make a node do).
+pub const MAX_NODES: usize = 4_096;
+/// Longest cluster id, in bytes.
+pub const MAX_CLUSTER_ID_BYTES: usize = 253;
+/// Longest host name, in bytes (a DNS name).
+pub const MAX_HOST_BYTES: usize = 253;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAddr {
@@ -72,7 +78,7 @@ pub struct ClusterMap {
     pub meta_voters: Vec<NodeId>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum MapError {
     #[error("a cluster needs at least one shard")]
     NoShards,
@@ -96,6 +102,24 @@ pub enum MapError {
     NodeIsMetaVoter(NodeId),
     #[error("the metadata group needs at least one voter")]
     NoMetaVoters,
+    #[error("the cluster id must be 1 to {MAX_CLUSTER_ID_BYTES} bytes, not {0}")]
+    BadClusterId(usize),
+    #[error("a map's version starts at 1")]
+    ZeroVersion,
+    #[error("{nodes} nodes is over the maximum of {MAX_NODES}")]
+    TooManyNodes { nodes: usize },
+    #[error("the map lists {listed} shards, but its shard count is {shard_count}")]
+    ShardListMismatch { listed: usize, shard_count: u32 },
+    #[error("shard {0} has no voter")]
+    ShardWithoutVoters(ShardId),
+    #[error("shard {shard} lists node {node} twice")]
+    DuplicateReplica { shard: ShardId, node: NodeId },
+    #[error("shard {shard} has a replica on node {node}, which the map does not list")]
+    ReplicaOnUnknownNode { shard: ShardId, node: NodeId },
+    #[error("metadata voter {0} is not a node of the map, or is listed twice")]
+    BadMetaVoter(NodeId),
+    #[error("node {node} has an unusable address: {reason}")]
+    BadAddress { node: NodeId, reason: String },
 }
 
 impl ClusterMap {
@@ -127,7 +151,7 @@ impl ClusterMap {
                 learners: vec![],
             })
             .collect();
-        Ok(ClusterMap {
+        let map = ClusterMap {
             cluster_id,
             version: 1,
             shard_count,
@@ -135,15 +159,98 @@ impl ClusterMap {
             meta_voters: meta_voters(&ids),
             nodes,
             shards,
-        })
+        };
+        map.validate()?;
+        Ok(map)
     }
 
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(MAP_FORMAT, self)
     }
 
+    /// Decodes a map and checks its invariants ([`ClusterMap::validate`]):
+    /// bytes from a peer or a disk never become a map the node cannot route by.
     pub fn decode(bytes: &[u8]) -> Result<Self, codec::CodecError> {
-        codec::decode("cluster map", MAP_FORMAT, bytes)
+        let map: ClusterMap = codec::decode("cluster map", MAP_FORMAT, bytes)?;
+        map.validate().map_err(|e| codec::CodecError::Corrupt {
+            what: "cluster map",
+            reason: e.to_string(),
+        })?;
+        Ok(map)
+    }
+
+    /// The invariants every map satisfies: a named cluster, 1..=[`MAX_SHARDS`]
+    /// shards each with at least one voter and no node twice, every replica
+    /// and metadata voter on a listed node, usable addresses. Every map this
+    /// code builds passes; a map that does not came from outside.
+    pub fn validate(&self) -> Result<(), MapError> {
+        if self.cluster_id.is_empty() || self.cluster_id.len() > MAX_CLUSTER_ID_BYTES {
+            return Err(MapError::BadClusterId(self.cluster_id.len()));
+        }
+        if self.version == 0 {
+            return Err(MapError::ZeroVersion);
+        }
+        if self.shard_count == 0 {
+            return Err(MapError::NoShards);
+        }
+        if self.shard_count > MAX_SHARDS {
+            return Err(MapError::TooManyShards(self.shard_count));
+        }
+        if self.replication_factor == 0 {
+            return Err(MapError::ZeroReplicationFactor);
+        }
+        if self.nodes.len() > MAX_NODES {
+            return Err(MapError::TooManyNodes {
+                nodes: self.nodes.len(),
+            });
+        }
+        for (&node, addr) in &self.nodes {
+            if node == 0 {
+                return Err(MapError::ZeroNodeId);
+            }
+            let reason = if addr.host.is_empty() || addr.host.len() > MAX_HOST_BYTES {
+                Some(format!("host must be 1 to {MAX_HOST_BYTES} bytes"))
+            } else if !addr.host.bytes().all(|b| b.is_ascii_graphic()) {
+                Some("host must be printable ASCII without spaces".into())
+            } else if addr.client_port == 0 || addr.peer_port == 0 || addr.admin_port == 0 {
+                Some("ports must not be 0".into())
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(MapError::BadAddress { node, reason });
+            }
+        }
+        if self.shards.len() != self.shard_count as usize {
+            return Err(MapError::ShardListMismatch {
+                listed: self.shards.len(),
+                shard_count: self.shard_count,
+            });
+        }
+        for (shard, replicas) in (0..).zip(&self.shards) {
+            if replicas.voters.is_empty() {
+                return Err(MapError::ShardWithoutVoters(shard));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for node in replicas.all() {
+                if !seen.insert(node) {
+                    return Err(MapError::DuplicateReplica { shard, node });
+                }
+                if !self.nodes.contains_key(&node) {
+                    return Err(MapError::ReplicaOnUnknownNode { shard, node });
+                }
+            }
+        }
+        if self.meta_voters.is_empty() {
+            return Err(MapError::NoMetaVoters);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for &v in &self.meta_voters {
+            if !self.nodes.contains_key(&v) || !seen.insert(v) {
+                return Err(MapError::BadMetaVoter(v));
+            }
+        }
+        Ok(())
     }
 
     pub fn replicas(&self, shard: ShardId) -> Result<&ShardReplicas, MapError> {
@@ -172,6 +279,7 @@ impl ClusterMap {
         let mut next = self.clone();
         next.nodes.insert(id, addr);
         next.version += 1;
+        next.validate()?;
         Ok(next)
     }
 
@@ -191,6 +299,7 @@ impl ClusterMap {
         let mut next = self.clone();
         next.nodes.remove(&id);
         next.version += 1;
+        next.validate()?;
         Ok(next)
     }
 
@@ -208,6 +317,7 @@ impl ClusterMap {
         let mut next = self.clone();
         next.meta_voters = sorted;
         next.version += 1;
+        next.validate()?;
         Ok(next)
     }
 
@@ -220,6 +330,7 @@ impl ClusterMap {
         let mut next = self.clone();
         next.shards[shard as usize] = replicas;
         next.version += 1;
+        next.validate()?;
         Ok(next)
     }
 }
@@ -355,6 +466,70 @@ mod tests {
         assert_eq!(
             ClusterMap::bootstrap("c".into(), nodes(&[0, 1]), 1, 1),
             Err(MapError::ZeroNodeId)
+        );
+    }
+
+    #[test]
+    fn validate_refuses_maps_no_node_could_route_by() {
+        let good = ClusterMap::bootstrap("c1".into(), nodes(&[1, 2, 3]), 4, 3).unwrap();
+        assert_eq!(good.validate(), Ok(()));
+        let broken = |f: &dyn Fn(&mut ClusterMap)| {
+            let mut m = good.clone();
+            f(&mut m);
+            // A broken map is refused both directly and when decoded from bytes.
+            assert!(ClusterMap::decode(&m.encode()).is_err(), "decoded {m:?}");
+            m.validate().unwrap_err()
+        };
+        assert_eq!(broken(&|m| m.cluster_id.clear()), MapError::BadClusterId(0));
+        assert_eq!(broken(&|m| m.version = 0), MapError::ZeroVersion);
+        assert_eq!(
+            broken(&|m| {
+                m.shard_count = 0;
+                m.shards.clear();
+            }),
+            MapError::NoShards
+        );
+        assert_eq!(
+            broken(&|m| m.shards.truncate(2)),
+            MapError::ShardListMismatch {
+                listed: 2,
+                shard_count: 4
+            }
+        );
+        assert_eq!(broken(&|m| m.shards[1].voters.clear()), MapError::ShardWithoutVoters(1));
+        assert_eq!(
+            broken(&|m| m.shards[2].learners.push(1)),
+            MapError::DuplicateReplica { shard: 2, node: 1 }
+        );
+        assert_eq!(
+            broken(&|m| m.shards[3].voters[0] = 9),
+            MapError::ReplicaOnUnknownNode { shard: 3, node: 9 }
+        );
+        assert_eq!(broken(&|m| m.meta_voters.push(9)), MapError::BadMetaVoter(9));
+        assert_eq!(broken(&|m| m.meta_voters.push(1)), MapError::BadMetaVoter(1));
+        assert_eq!(broken(&|m| m.meta_voters.clear()), MapError::NoMetaVoters);
+        assert_eq!(broken(&|m| m.replication_factor = 0), MapError::ZeroReplicationFactor);
+        assert!(matches!(
+            broken(&|m| m.nodes.get_mut(&2).unwrap().peer_port = 0),
+            MapError::BadAddress { node: 2, .. }
+        ));
+        assert!(matches!(
+            broken(&|m| m.nodes.get_mut(&3).unwrap().host = "a b".into()),
+            MapError::BadAddress { node: 3, .. }
+        ));
+        assert_eq!(
+            good.with_node(
+                4,
+                NodeAddr {
+                    host: String::new(),
+                    ..addr(4)
+                }
+            )
+            .unwrap_err(),
+            MapError::BadAddress {
+                node: 4,
+                reason: format!("host must be 1 to {MAX_HOST_BYTES} bytes")
+            }
         );
     }
 

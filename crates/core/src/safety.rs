@@ -18,6 +18,74 @@ pub enum Refusal {
     },
     #[error("node {node} is {lag} entries behind the leader (at most {max_lag} allowed); let it catch up first")]
     NotCaughtUp { node: NodeId, lag: u64, max_lag: u64 },
+    #[error(
+        "removing node {node} would leave {remaining} voters, below the replication factor of {rf}; add a replacement first (or pass force, which the operator never does)"
+    )]
+    BelowReplicationFactor { node: NodeId, remaining: usize, rf: usize },
+    #[error(
+        "giving up node {node}'s metadata seat would leave {remaining} voters where {nodes} nodes need {wanted}; hand the seat to another node instead (or pass force)"
+    )]
+    TooFewMetaVoters {
+        node: NodeId,
+        remaining: usize,
+        nodes: usize,
+        wanted: usize,
+    },
+    #[error(
+        "draining node {node} would leave {groups:?} without a voter able to lead (every other voter drains or does not answer)"
+    )]
+    NoLeaderLeft { node: NodeId, groups: Vec<String> },
+}
+
+/// Whether removing voter `node` keeps at least `rf` voters. Removing below
+/// the replication factor (a shard the map says has `rf` copies, with
+/// fewer) needs `force`.
+pub fn check_replication_floor(voters: &[NodeId], node: NodeId, rf: u32, force: bool) -> Result<(), Refusal> {
+    let remaining = voters.iter().filter(|&&v| v != node).count();
+    let rf = rf as usize;
+    if remaining < rf && !force {
+        return Err(Refusal::BelowReplicationFactor { node, remaining, rf });
+    }
+    Ok(())
+}
+
+/// Whether metadata voter `node` may give its seat up without a successor:
+/// only while the remaining voters are still as many as a cluster of
+/// `nodes` nodes gets ([`crate::map::meta_voters`]), unless `force`.
+pub fn check_meta_seat_release(voters: &[NodeId], node: NodeId, nodes: usize, force: bool) -> Result<(), Refusal> {
+    let remaining = voters.iter().filter(|&&v| v != node).count();
+    let ids: Vec<NodeId> = (1..=nodes as NodeId).collect();
+    let wanted = crate::map::meta_voters(&ids).len();
+    if remaining < wanted && !force {
+        return Err(Refusal::TooFewMetaVoters {
+            node,
+            remaining,
+            nodes,
+            wanted,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `node` may drain: every group it hosts with other voters keeps
+/// one (`groups`: a name and its other voters) that `can_lead` (answers
+/// and is not draining). A group with no other voter is not refused: no
+/// drain can move its leadership, and refusing would block a restart.
+pub fn check_drain<'a>(
+    node: NodeId,
+    groups: impl IntoIterator<Item = (String, &'a [NodeId])>,
+    can_lead: impl Fn(NodeId) -> bool,
+) -> Result<(), Refusal> {
+    let stuck: Vec<String> = groups
+        .into_iter()
+        .filter(|(_, others)| !others.is_empty() && !others.iter().any(|&o| can_lead(o)))
+        .map(|(g, _)| g)
+        .collect();
+    if stuck.is_empty() {
+        Ok(())
+    } else {
+        Err(Refusal::NoLeaderLeft { node, groups: stuck })
+    }
 }
 
 pub fn majority(n: usize) -> usize {
@@ -158,5 +226,67 @@ mod tests {
         );
         assert_eq!(majority(1), 1);
         assert_eq!(majority(4), 3);
+    }
+
+    #[test]
+    fn removal_below_the_replication_factor_needs_force() {
+        assert_eq!(check_replication_floor(&[1, 2, 3, 4], 4, 3, false), Ok(()));
+        assert_eq!(
+            check_replication_floor(&[1, 2, 3], 3, 3, false),
+            Err(Refusal::BelowReplicationFactor {
+                node: 3,
+                remaining: 2,
+                rf: 3
+            })
+        );
+        assert_eq!(check_replication_floor(&[1, 2, 3], 3, 3, true), Ok(()));
+        // Removing a node that is not a voter never lowers the count.
+        assert_eq!(check_replication_floor(&[1, 2, 3], 9, 3, false), Ok(()));
+    }
+
+    #[test]
+    fn a_metadata_seat_is_given_up_only_down_to_the_size_the_cluster_wants() {
+        // 5 nodes want 5 voters; 4 nodes want 3; 3 want 3; 2 want 1.
+        assert!(check_meta_seat_release(&[1, 2, 3, 4, 5], 5, 5, false).is_err());
+        assert_eq!(check_meta_seat_release(&[1, 2, 3, 4, 5], 5, 4, false), Ok(()));
+        assert_eq!(
+            check_meta_seat_release(&[1, 2, 3], 3, 4, false),
+            Err(Refusal::TooFewMetaVoters {
+                node: 3,
+                remaining: 2,
+                nodes: 4,
+                wanted: 3
+            })
+        );
+        assert_eq!(check_meta_seat_release(&[1, 2, 3], 3, 2, false), Ok(()));
+        assert_eq!(check_meta_seat_release(&[1, 2, 3], 3, 4, true), Ok(()));
+    }
+
+    #[test]
+    fn a_drain_keeps_a_voter_able_to_lead_every_group() {
+        let others_a = [2, 3];
+        let others_b = [3];
+        let groups = || {
+            vec![
+                ("a".to_string(), &others_a[..]),
+                ("b".to_string(), &others_b[..]),
+                ("solo".to_string(), &[][..]),
+            ]
+        };
+        assert_eq!(check_drain(1, groups(), |n| n == 3), Ok(()));
+        assert_eq!(
+            check_drain(1, groups(), |n| n == 2),
+            Err(Refusal::NoLeaderLeft {
+                node: 1,
+                groups: vec!["b".to_string()]
+            })
+        );
+        assert_eq!(
+            check_drain(1, groups(), |_| false),
+            Err(Refusal::NoLeaderLeft {
+                node: 1,
+                groups: vec!["a".to_string(), "b".to_string()]
+            })
+        );
     }
 }

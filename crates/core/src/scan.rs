@@ -80,12 +80,38 @@ pub struct ShardPage<T> {
 /// Correct because every shard returned its first `limit` items: the
 /// `limit`-th smallest of the union is at most any truncated shard's last
 /// key, so nothing a shard held back can sort before the merged page's end.
-pub fn merge_pages<T>(pages: Vec<ShardPage<T>>, limit: usize) -> (Items<T>, Option<Vec<u8>>) {
+///
+/// A shard may also stop early (its byte budget), with `more` set: then
+/// nothing past the smallest last key of such shards is returned, since
+/// what they held back may sort before it. The merged page is then cut to
+/// `max_bytes` by `size` (always keeping one item, so a scan progresses).
+pub fn merge_pages<T>(
+    pages: Vec<ShardPage<T>>,
+    limit: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> (Items<T>, Option<Vec<u8>>) {
     let any_more = pages.iter().any(|p| p.more);
+    let bound: Option<Vec<u8>> = pages
+        .iter()
+        .filter(|p| p.more)
+        .filter_map(|p| p.items.last().map(|(k, _)| k.clone()))
+        .min();
     let mut all: Items<T> = pages.into_iter().flat_map(|p| p.items).collect();
     all.sort_by(|a, b| a.0.cmp(&b.0));
-    let truncated = all.len() > limit;
+    if let Some(bound) = &bound {
+        all.retain(|(k, _)| k <= bound);
+    }
+    let mut truncated = all.len() > limit;
     all.truncate(limit);
+    let mut bytes = 0usize;
+    if let Some(cut) = all.iter().position(|(k, v)| {
+        bytes = bytes.saturating_add(k.len() + size(v));
+        bytes > max_bytes
+    }) {
+        truncated = true;
+        all.truncate(cut.max(1));
+    }
     let resume = if truncated || any_more {
         all.last().map(|(k, _)| k.clone())
     } else {
@@ -136,7 +162,12 @@ mod tests {
 
     #[test]
     fn merge_orders_and_resumes_correctly() {
-        let (items, resume) = merge_pages(vec![page(&["a", "d"], true), page(&["b", "c"], false)], 3);
+        let (items, resume) = merge_pages(
+            vec![page(&["a", "d"], true), page(&["b", "c"], false)],
+            3,
+            usize::MAX,
+            |_| 0,
+        );
         let keys: Vec<_> = items
             .iter()
             .map(|(k, _)| String::from_utf8(k.clone()).unwrap())
@@ -144,13 +175,44 @@ mod tests {
         assert_eq!(keys, ["a", "b", "c"]);
         assert_eq!(resume, Some(b"c".to_vec()));
 
-        let (items, resume) = merge_pages(vec![page(&["a"], false), page(&["b"], false)], 3);
+        let (items, resume) = merge_pages(vec![page(&["a"], false), page(&["b"], false)], 3, usize::MAX, |_| 0);
         assert_eq!(items.len(), 2);
         assert_eq!(resume, None);
 
         // A shard that is exactly full but says "more" still yields a token.
-        let (items, resume) = merge_pages(vec![page(&["a", "b"], true), page(&[], false)], 2);
+        let (items, resume) = merge_pages(vec![page(&["a", "b"], true), page(&[], false)], 2, usize::MAX, |_| 0);
         assert_eq!(items.len(), 2);
         assert_eq!(resume, Some(b"b".to_vec()));
+    }
+
+    #[test]
+    fn a_shard_cut_short_by_bytes_bounds_the_merged_page() {
+        // Shard 0 stopped after "b" (its byte budget) though more remains;
+        // shard 1 is complete. Nothing past "b" may be returned: shard 0's
+        // next key could be "ba", before shard 1's "c".
+        let (items, resume) = merge_pages(
+            vec![page(&["a", "b"], true), page(&["aa", "c", "d"], false)],
+            10,
+            usize::MAX,
+            |_| 0,
+        );
+        let keys: Vec<_> = items.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, vec![b"a".to_vec(), b"aa".to_vec(), b"b".to_vec()]);
+        assert_eq!(resume, Some(b"b".to_vec()));
+    }
+
+    #[test]
+    fn the_merged_page_is_cut_to_its_byte_budget_but_never_empty() {
+        let pages = || vec![page(&["a1", "b1", "c1"], false), page(&["a2", "b2"], false)];
+        // 2-byte keys, 10 bytes of value each: 12 bytes an item.
+        let (items, resume) = merge_pages(pages(), 10, 30, |_| 10);
+        assert_eq!(items.len(), 2);
+        assert_eq!(resume, Some(b"a2".to_vec()));
+        let (items, resume) = merge_pages(pages(), 10, 5, |_| 10);
+        assert_eq!(items.len(), 1, "one item always, so the scan moves on");
+        assert_eq!(resume, Some(b"a1".to_vec()));
+        let (items, resume) = merge_pages(pages(), 10, 60, |_| 10);
+        assert_eq!(items.len(), 5);
+        assert_eq!(resume, None);
     }
 }

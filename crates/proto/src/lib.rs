@@ -19,6 +19,37 @@ pub mod peer {
     tonic::include_proto!("raftkv.peer.v1");
 }
 
+/// When a failed call may be sent again (to the same or another node): the
+/// one rule, shared by the node's forwarding and the client library.
+pub mod retry {
+    /// Metadata key marking a refusal made before anything was proposed.
+    pub const RETRY_SAFE: &str = "x-raftkv-retry-safe";
+    /// Metadata key carrying the id of the node believed to lead the shard.
+    pub const LEADER_HINT: &str = "x-raftkv-leader";
+    /// Metadata key marking a request one node forwarded to another.
+    pub const HOP: &str = "x-raftkv-hop";
+
+    /// The connection could not be made, so nothing was sent: tonic's typed
+    /// `ConnectError` is in the status's source chain. (A call cut off after
+    /// it was sent is not this: it may have been applied.)
+    pub fn never_connected(s: &tonic::Status) -> bool {
+        let mut source = std::error::Error::source(s);
+        while let Some(e) = source {
+            if e.downcast_ref::<tonic::ConnectError>().is_some() {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+
+    /// The node refused before anything happened (it set [`RETRY_SAFE`]),
+    /// or the node was never reached.
+    pub fn retry_safe(s: &tonic::Status) -> bool {
+        s.metadata().get(RETRY_SAFE).is_some() || never_connected(s)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConversionError {
     #[error("port {0} of node {1} is out of range")]

@@ -1,9 +1,10 @@
 //! Opening the node's RocksDB and the operations that span groups.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use raftkv_core::GroupId;
 use raftkv_core::keys::{self, CF_DATA, CF_LOG, CF_STATE, tag};
@@ -27,6 +28,8 @@ pub struct Engine {
     audit: Option<Arc<Audit>>,
     /// Snapshot files created, for unique names within a process.
     pub(crate) snapshot_seq: AtomicU64,
+    /// Per group: held while a snapshot is built or installed.
+    pub(crate) snapshot_locks: Mutex<HashMap<GroupId, Arc<Mutex<()>>>>,
 }
 
 impl Engine {
@@ -64,6 +67,7 @@ impl Engine {
             snapshot_dir,
             audit,
             snapshot_seq: AtomicU64::new(0),
+            snapshot_locks: Mutex::default(),
         });
         engine.finish_pending_installs()?;
         Ok(engine)
@@ -145,7 +149,7 @@ impl Engine {
 
     /// Deletes every record of `group` on this node and leaves a tombstone so
     /// the replica is never recreated under this identity.
-    pub async fn destroy_group(&self, group: GroupId) -> io::Result<()> {
+    pub async fn destroy_group(self: &Arc<Self>, group: GroupId) -> io::Result<()> {
         let (start, end) = keys::group_range(group);
         let mut b = WriteBatch::default();
         for cf in [CF_LOG, CF_STATE, CF_DATA] {
@@ -153,11 +157,12 @@ impl Engine {
         }
         b.put_cf(self.cf(CF_STATE), keys::tombstone_key(group), b"1");
         self.write_durable(b).await?;
-        let dir = self.group_snapshot_dir(group);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        Ok(())
+        // Removing the files can take a while, and waits for a snapshot
+        // build of the group still running: on the blocking pool.
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.remove_snapshot_dir(group))
+            .await
+            .map_err(io_err)?
     }
 
     pub(crate) fn group_snapshot_dir(&self, group: GroupId) -> PathBuf {

@@ -13,7 +13,7 @@ use rocksdb::{ReadOptions, WriteBatch};
 
 use super::syncer::Waiter;
 use super::{Engine, decode, encode, io_err};
-use crate::types::{Entry, LogId, TypeConfig, Vote};
+use crate::raft::types::{Entry, LogId, TypeConfig, Vote};
 
 #[derive(Clone)]
 pub struct LogStore {

@@ -10,20 +10,19 @@ use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use raftkv_core::GroupId;
-use raftkv_core::command::{self, Effect, Response};
+use raftkv_core::command::{self, Command, Effect, Response};
 use raftkv_core::keys::{self, CF_DATA, CF_STATE, tag};
 use raftkv_core::map::ClusterMap;
 use raftkv_core::record::ValueRecord;
 use raftkv_core::scan::KeyRange;
+/// Where the metadata group keeps the map in its data range.
+use raftkv_core::snapshot::MAP_KEY;
 use rocksdb::{ReadOptions, WriteBatch};
 use tokio::sync::watch;
 
 use super::snapshot::{self, SnapshotFile};
 use super::{Engine, decode, encode, io_err};
-use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-
-/// Where the metadata group keeps the map in its data range.
-const MAP_KEY: &[u8] = b"cluster-map";
+use crate::raft::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 pub type MapWatch = watch::Receiver<Option<Arc<ClusterMap>>>;
 
@@ -77,7 +76,7 @@ impl StateMachine {
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotData = SnapshotFile;
-    type SnapshotBuilder = PreparedSnapshot;
+    type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         Ok((self.applied, self.membership.clone()))
@@ -121,28 +120,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         response
                     }
                     GroupId::Shard(_) => {
-                        let Some(key) = req.command.key() else {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("metadata command {req} in data shard {}", self.group),
-                            ));
-                        };
-                        let current = match overlay.get(key) {
-                            Some(v) => v.clone(),
-                            None => ReadView::new(self.group, self.engine.clone()).get(key)?,
-                        };
-                        let (effect, response) = command::apply_kv(&req, entry.log_id.index, current.as_ref());
-                        let dk = keys::data_key(self.group, key);
-                        match effect {
-                            Effect::Write(rec) => {
-                                batch.put_cf(data_cf, &dk, rec.encode());
-                                overlay.insert(key.to_vec(), Some(rec));
+                        let group = self.group;
+                        let engine = &self.engine;
+                        let read = |key: &[u8]| -> io::Result<Option<ValueRecord>> {
+                            match overlay.get(key) {
+                                Some(v) => Ok(v.clone()),
+                                None => ReadView::new(group, engine.clone()).get(key),
                             }
-                            Effect::Delete => {
-                                batch.delete_cf(data_cf, &dk);
-                                overlay.insert(key.to_vec(), None);
+                        };
+                        let mut effects = Vec::new();
+                        let response = match (&req.command, req.command.key()) {
+                            (Command::Expire { keys: expired }, _) => {
+                                for key in expired {
+                                    if command::expires(&req, read(key)?.as_ref()) {
+                                        effects.push((key.clone(), Effect::Delete));
+                                    }
+                                }
+                                Response::Expired {
+                                    deleted: effects.len() as u64,
+                                }
                             }
-                            Effect::Nothing => {}
+                            (_, Some(key)) => {
+                                let current = read(key)?;
+                                let (effect, response) = command::apply_kv(&req, entry.log_id.index, current.as_ref());
+                                effects.push((key.to_vec(), effect));
+                                response
+                            }
+                            // Not a data command: `apply_kv` rejects it, changing nothing.
+                            (_, None) => command::apply_kv(&req, entry.log_id.index, None).1,
+                        };
+                        for (key, effect) in effects {
+                            let dk = keys::data_key(self.group, &key);
+                            match effect {
+                                Effect::Write(rec) => {
+                                    batch.put_cf(data_cf, &dk, rec.encode());
+                                    overlay.insert(key, Some(rec));
+                                }
+                                Effect::Delete => {
+                                    batch.delete_cf(data_cf, &dk);
+                                    overlay.insert(key, None);
+                                }
+                                Effect::Nothing => {}
+                            }
                         }
                         response
                     }
@@ -172,14 +191,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Built here, inside the state machine's task, so no apply can run
-        // between reading the applied id and reading the data.
-        let meta = SnapshotMeta {
-            last_log_id: self.applied,
-            last_membership: self.membership.clone(),
-        };
-        PreparedSnapshot {
-            result: snapshot::build(&self.engine, self.group, meta),
+        SnapshotBuilder {
+            group: self.group,
+            engine: self.engine.clone(),
         }
     }
 
@@ -195,18 +209,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// A snapshot already written to disk by [`StateMachine::get_snapshot_builder`].
-pub struct PreparedSnapshot {
-    result: io::Result<Snapshot>,
+/// Builds a group's snapshot on the blocking pool, from a RocksDB
+/// point-in-time view (applies go on meanwhile; see `snapshot`).
+pub struct SnapshotBuilder {
+    group: GroupId,
+    engine: Arc<Engine>,
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for PreparedSnapshot {
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = SnapshotFile;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        std::mem::replace(&mut self.result, Err(io::Error::other("snapshot already taken")))
+        let (engine, group) = (self.engine.clone(), self.group);
+        tokio::task::spawn_blocking(move || snapshot::build(&engine, group))
+            .await
+            .map_err(io_err)?
     }
 }
+
+/// What an expiry sweep read: the expired keys, and the last key read
+/// (where the next sweep goes on; `None` when the group's end was reached).
+pub type ExpirySlice = (Vec<Vec<u8>>, Option<Vec<u8>>);
 
 /// Records of a scan: each user key with its stored record.
 pub type ScanItems = Vec<(Vec<u8>, ValueRecord)>;
@@ -252,8 +275,10 @@ impl ReadView {
             .transpose()
     }
 
-    /// Up to `limit` live records in `range`, in key order, and whether more remain.
-    pub fn scan(&self, range: &KeyRange, limit: usize, now_ms: u64) -> io::Result<(ScanItems, bool)> {
+    /// Up to `limit` live records in `range`, in key order, and whether more
+    /// remain; stops early once the page holds `max_bytes` of keys and
+    /// values (one record at least). Blocking: run it off the async workers.
+    pub fn scan(&self, range: &KeyRange, limit: usize, max_bytes: usize, now_ms: u64) -> io::Result<(ScanItems, bool)> {
         let (_, group_end) = keys::group_range(self.group);
         let upper = match &range.end {
             Some(e) => keys::data_key(self.group, e),
@@ -264,18 +289,61 @@ impl ReadView {
         let mut it = self.engine.db.raw_iterator_cf_opt(self.engine.cf(CF_DATA), ro);
         it.seek(keys::data_key(self.group, &range.start));
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             let rec = ValueRecord::decode(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             if rec.is_live(now_ms) {
-                if out.len() == limit {
+                let key = keys::data_user_key(k);
+                let size = key.len() + rec.value.len();
+                if out.len() == limit || (!out.is_empty() && bytes + size > max_bytes) {
                     return Ok((out, true));
                 }
-                out.push((keys::data_user_key(k).to_vec(), rec));
+                bytes += size;
+                out.push((key.to_vec(), rec));
             }
             it.next();
         }
         it.status().map_err(io_err)?;
         Ok((out, false))
+    }
+
+    /// Keys of expired records, reading at most `budget` records from just
+    /// after `after` (the start of the group when `None`), and at most
+    /// [`command::MAX_EXPIRE_KEYS`] of them; with where the next sweep goes
+    /// on (`None`: the end was reached, start over). Blocking.
+    pub fn expired_keys(&self, after: Option<&[u8]>, budget: usize, now_ms: u64) -> io::Result<ExpirySlice> {
+        let (start, end) = keys::group_range(self.group);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end);
+        let mut it = self.engine.db.raw_iterator_cf_opt(self.engine.cf(CF_DATA), ro);
+        match after {
+            Some(a) => {
+                let from = keys::data_key(self.group, a);
+                it.seek(&from);
+                if it.key() == Some(from.as_slice()) {
+                    it.next();
+                }
+            }
+            None => it.seek(start),
+        }
+        let mut expired = Vec::new();
+        let mut read = 0;
+        let mut last: Option<Vec<u8>> = None;
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if read == budget || expired.len() == command::MAX_EXPIRE_KEYS {
+                return Ok((expired, last));
+            }
+            read += 1;
+            let user_key = keys::data_user_key(k).to_vec();
+            let rec = ValueRecord::decode(v).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if !rec.is_live(now_ms) {
+                expired.push(user_key.clone());
+            }
+            last = Some(user_key);
+            it.next();
+        }
+        it.status().map_err(io_err)?;
+        Ok((expired, None))
     }
 
     /// A checksum of every stored record of the group, taken from one

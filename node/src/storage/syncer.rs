@@ -11,7 +11,7 @@ use openraft::storage::IOFlushed;
 use rocksdb::DB;
 use rocksdb::statistics::Ticker;
 
-use crate::types::TypeConfig;
+use crate::raft::types::TypeConfig;
 
 /// Someone waiting for the writes it already made to become durable.
 pub(crate) enum Waiter {

@@ -14,6 +14,12 @@ use nix::unistd::Pid;
 use raftkv_client::admin_proto as admin;
 use raftkv_client::{Admin, Client};
 
+pub mod hostile;
+pub mod partition;
+pub mod powerfs;
+
+pub use powerfs::PowerFs;
+
 pub fn node_binary() -> PathBuf {
     match std::env::var_os("RAFTKV_BIN_DIR") {
         Some(dir) => PathBuf::from(dir).join("raftkv-node"),
@@ -39,22 +45,27 @@ pub struct Ports {
 
 pub struct Node {
     pub dir: PathBuf,
+    /// The loopback address the node listens on, advertises and sends from.
+    pub host: String,
     pub ports: Ports,
     pub log: PathBuf,
     pub extra_args: Vec<String>,
     child: Option<Child>,
     pub id: u64,
+    /// The node's data directory is this power-loss file system's mount
+    /// (declared after `child`, so the process is gone before it unmounts).
+    pub disk: Option<PowerFs>,
 }
 
 impl Node {
     pub fn client_ep(&self) -> String {
-        format!("127.0.0.1:{}", self.ports.client)
+        format!("{}:{}", self.host, self.ports.client)
     }
     pub fn admin_ep(&self) -> String {
-        format!("127.0.0.1:{}", self.ports.admin)
+        format!("{}:{}", self.host, self.ports.admin)
     }
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.http)
+        format!("http://{}:{}{path}", self.host, self.ports.http)
     }
 
     pub fn start(&mut self) {
@@ -67,7 +78,7 @@ impl Node {
         let p = self.ports;
         let child = Command::new(node_binary())
             .args(["--data-dir", self.dir.to_str().expect("utf-8 path")])
-            .args(["--listen-host", "127.0.0.1", "--advertise-host", "127.0.0.1"])
+            .args(["--listen-host", &self.host, "--advertise-host", &self.host])
             .args([
                 "--client-port",
                 &p.client.to_string(),
@@ -75,13 +86,13 @@ impl Node {
                 &p.peer.to_string(),
             ])
             .args(["--admin-port", &p.admin.to_string(), "--http-port", &p.http.to_string()])
-            .args([
-                "--heartbeat-ms",
-                "100",
-                "--election-timeout-ms",
-                "600",
-                "--audit-durability",
-            ])
+            // Quick elections, unless the test asks for its own timing.
+            .args(if self.extra_args.iter().any(|a| a == "--election-timeout-ms") {
+                &[][..]
+            } else {
+                &["--heartbeat-ms", "100", "--election-timeout-ms", "600"][..]
+            })
+            .arg("--audit-durability")
             // A test may set its own free-space threshold; clap refuses a flag given twice.
             .args(if self.extra_args.iter().any(|a| a == "--min-free-mb") {
                 &[][..]
@@ -113,6 +124,23 @@ impl Node {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// A power loss: `kill -9`, then everything the node had not fsynced is
+    /// gone (needs a node started on a [`PowerFs`]); returns the bytes lost.
+    pub fn power_loss(&mut self) -> u64 {
+        self.kill9();
+        self.disk
+            .as_mut()
+            .expect("power loss needs a node on a power-loss file system")
+            .crash()
+    }
+
+    /// SIGSTOP or SIGCONT: a paused process keeps its sockets but answers nothing.
+    pub fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, sig);
         }
     }
 
@@ -186,11 +214,36 @@ pub struct Cluster {
     pub root: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub shards: u32,
+    pub options: Options,
+}
+
+/// How a test cluster's nodes are laid out.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Each node on its own loopback address (127.a.b.c), which it also sends
+    /// from, so traffic between two nodes can be cut (`partition`).
+    pub own_addresses: bool,
+    /// Each node's data directory on its own [`PowerFs`].
+    pub power_loss_disks: bool,
+}
+
+/// A /24 of loopback addresses no other cluster of this machine uses now:
+/// picked from the pid and a counter, so parallel tests and runs differ.
+fn next_address_block() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    format!("127.{}.{}", 20 + pid % 200, (pid / 200 + n * 7) % 250 + 1)
 }
 
 impl Cluster {
     /// Starts `n` unjoined nodes.
     pub async fn start(n: usize, extra_args: &[&str]) -> Cluster {
+        Self::start_with(n, extra_args, Options::default()).await
+    }
+
+    /// Starts `n` unjoined nodes laid out as `options` says.
+    pub async fn start_with(n: usize, extra_args: &[&str], options: Options) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("raftkv-test-")
             .tempdir()
@@ -199,6 +252,7 @@ impl Cluster {
             root,
             nodes: Vec::new(),
             shards: 0,
+            options,
         };
         for _ in 0..n {
             c.add_node_process(extra_args).await;
@@ -209,11 +263,20 @@ impl Cluster {
     /// Starts one more (unjoined) node process.
     pub async fn add_node_process(&mut self, extra_args: &[&str]) -> usize {
         let i = self.nodes.len();
+        let block = self.options.own_addresses.then(next_address_block);
         // A free port can be taken by another process between `free_port`
         // and the node's bind (tests run in parallel): then start over with
         // new ports and a fresh directory.
         for attempt in 1.. {
             let dir = self.root.path().join(format!("node{i}"));
+            let host = match &block {
+                Some(b) => format!("{b}.{}", 10 + i),
+                None => "127.0.0.1".to_string(),
+            };
+            let disk = self.options.power_loss_disks.then(|| {
+                let backing = self.root.path().join(format!("node{i}.disk"));
+                PowerFs::mount(&backing, &dir)
+            });
             let ports = Ports {
                 client: free_port(),
                 peer: free_port(),
@@ -223,10 +286,12 @@ impl Cluster {
             let mut node = Node {
                 log: self.root.path().join(format!("node{i}.log")),
                 dir,
+                host,
                 ports,
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
                 child: None,
                 id: 0,
+                disk,
             };
             node.start();
             match node.start_up(Duration::from_secs(30)).await {
@@ -236,8 +301,13 @@ impl Cluster {
                     return i;
                 }
                 Err(log) if attempt < 5 && log.contains("Address already in use") => {
-                    let _ = std::fs::remove_dir_all(&node.dir);
-                    let _ = std::fs::remove_file(&node.log);
+                    let dir = node.dir.clone();
+                    let log = node.log.clone();
+                    // Unmounts a power-loss disk before its directory goes.
+                    drop(node);
+                    let _ = std::fs::remove_dir_all(&dir);
+                    let _ = std::fs::remove_dir_all(self.root.path().join(format!("node{i}.disk")));
+                    let _ = std::fs::remove_file(&log);
                 }
                 Err(log) => panic!("node exited during start-up; log:\n{log}"),
             }
@@ -249,24 +319,28 @@ impl Cluster {
         let n = &self.nodes[i];
         admin::Member {
             node_id: n.id,
-            host: "127.0.0.1".into(),
+            host: n.host.clone(),
             client_port: n.ports.client.into(),
             peer_port: n.ports.peer.into(),
             admin_port: n.ports.admin.into(),
         }
     }
 
+    /// The request that bootstraps every node of this cluster as cluster "test".
+    pub fn bootstrap_request(&self, shards: u32, rf: u32) -> admin::BootstrapRequest {
+        admin::BootstrapRequest {
+            cluster_id: "test".into(),
+            shards,
+            replication_factor: rf,
+            members: (0..self.nodes.len()).map(|i| self.member(i)).collect(),
+        }
+    }
+
     pub async fn bootstrap(&mut self, shards: u32, rf: u32) {
         self.shards = shards;
-        let members = (0..self.nodes.len()).map(|i| self.member(i)).collect();
         let admin = Admin::new(&[self.nodes[0].admin_ep()]).expect("admin");
         admin
-            .bootstrap(admin::BootstrapRequest {
-                cluster_id: "test".into(),
-                shards,
-                replication_factor: rf,
-                members,
-            })
+            .bootstrap(self.bootstrap_request(shards, rf))
             .await
             .unwrap_or_else(|e| panic!("bootstrap: {e}\n{}", self.nodes[0].log_tail()));
         self.wait_all_leaders(Duration::from_secs(30)).await;
@@ -278,6 +352,15 @@ impl Cluster {
 
     pub fn client(&self) -> Client {
         Client::new(&self.client_eps()).expect("client")
+    }
+
+    /// A client whose first choice is node `i` (then the others in turn), so
+    /// many clients spread over the nodes.
+    pub fn client_from(&self, i: usize) -> Client {
+        let mut eps = self.client_eps();
+        let n = eps.len().max(1);
+        eps.rotate_left(i % n);
+        Client::new(&eps).expect("client")
     }
 
     pub fn client_via(&self, i: usize) -> Client {
@@ -362,6 +445,19 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    fn keep_dir(&mut self) -> PathBuf {
+        std::mem::replace(&mut self.root, tempfile::tempdir().expect("temp dir")).keep()
+    }
+
+    /// Stops the cluster and keeps its directory (data, logs, history).
+    pub fn keep(mut self) -> PathBuf {
+        let dir = self.keep_dir();
+        self.nodes.clear();
+        dir
+    }
+}
+
 impl Drop for Cluster {
     /// A failed test keeps its data and logs, and prints each node's log tail.
     fn drop(&mut self) {
@@ -369,8 +465,9 @@ impl Drop for Cluster {
             for (i, n) in self.nodes.iter().enumerate() {
                 eprintln!("---- node {i} ({}) log tail:\n{}", n.id, n.log_tail());
             }
-            let dir = std::mem::replace(&mut self.root, tempfile::tempdir().expect("temp dir")).keep();
-            eprintln!("---- test cluster kept in {}", dir.display());
+            eprintln!("---- test cluster kept in {}", self.keep_dir().display());
         }
+        // Processes first, then their power-loss disks, then the directory.
+        self.nodes.clear();
     }
 }

@@ -18,10 +18,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the operator crate is inside the repository")
-        .to_path_buf()
+    raftkv_e2e::harness::repo_dir()
 }
 
 static UP: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();

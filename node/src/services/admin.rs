@@ -9,29 +9,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::Instant as _;
-use openraft::{ChangeMembers, EmptyNode, ServerState};
+use openraft::{ChangeMembers, EmptyNode, ReadPolicy, ServerState};
 use raftkv_core::command::{Command, Response as KvResponse};
 use raftkv_core::map::{ClusterMap, MapError, NodeAddr, ShardReplicas};
-use raftkv_core::{GroupId, NodeId, ShardId, safety};
+use raftkv_core::{GroupId, NodeId, ShardId, leadership, safety};
 use raftkv_proto::admin::{self, admin_client::AdminClient, admin_server::Admin};
 use raftkv_proto::peer;
 use tonic::{Request, Response, Status};
 
-use crate::error::{NodeError, hints};
+use crate::error::NodeError;
 use crate::host::{Group, Host};
-use crate::network::Lane;
+use crate::raft::network::Lane;
+use crate::routing::{self, Target};
 
-const HOP: &str = "x-raftkv-hop";
+use crate::error::HOP;
 /// A learner this close to the leader's log may become a voter.
 const PROMOTE_MAX_LAG: u64 = 1000;
-/// A voter whose matched index is this close to the leader's counts as caught up.
-const HEALTHY_MAX_LAG: u64 = 1000;
 const META_DEADLINE: Duration = Duration::from_secs(30);
-/// A voter counts as healthy only if it acknowledged the leader this recently
-/// (ten default heartbeats): a node that just died must not count toward the
-/// quorum a removal leaves behind.
-const HEALTHY_ACK_WITHIN: Duration = Duration::from_secs(1);
+/// How long an admin call looks for its group's leader.
+const ADMIN_ROUTE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How long a membership change may take to commit before the call gives up.
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -106,6 +103,73 @@ pub fn shard_status(self_id: NodeId, group: &Group) -> admin::ShardStatus {
 }
 
 impl AdminService {
+    /// Bootstrap, run in a task of its own (see `bootstrap`).
+    async fn bootstrap_here(&self, req: admin::BootstrapRequest) -> Result<Response<admin::BootstrapResponse>, Status> {
+        if req.cluster_id.is_empty() {
+            return Err(NodeError::BadRequest("cluster_id must not be empty".into()).into());
+        }
+        let mut nodes = BTreeMap::new();
+        for m in &req.members {
+            let (id, addr): (NodeId, NodeAddr) = m
+                .try_into()
+                .map_err(|e: raftkv_proto::ConversionError| NodeError::BadRequest(e.to_string()))?;
+            if nodes.insert(id, addr).is_some() {
+                return Err(NodeError::BadRequest(format!("node {id} is listed twice")).into());
+            }
+        }
+        if !nodes.contains_key(&self.host.id) {
+            return Err(NodeError::BadRequest(format!("the members must include this node ({})", self.host.id)).into());
+        }
+        let map = ClusterMap::bootstrap(req.cluster_id.clone(), nodes, req.shards, req.replication_factor)
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        if let Some(existing) = self.host.map() {
+            if existing.cluster_id == map.cluster_id && self.host.group(GroupId::Meta).is_some() {
+                // Already bootstrapped (a retry): finish the map if it is not in the metadata group yet.
+                if existing.version > 1 {
+                    return Ok(Response::new(admin::BootstrapResponse {
+                        map: Some((&*existing).into()),
+                    }));
+                }
+            } else if existing.cluster_id != map.cluster_id {
+                return Err(refused(format!(
+                    "this node already belongs to cluster {:?}",
+                    existing.cluster_id
+                )));
+            }
+        }
+        self.host.pool.set_addresses(&map.nodes);
+        self.host.pool.set_cluster_id(&map.cluster_id);
+        for id in map.nodes.keys() {
+            if *id == self.host.id {
+                self.host.join(map.clone()).await?;
+                continue;
+            }
+            let mut client = self.host.pool.client(*id).map_err(|e| NodeError::Peer(e.to_string()))?;
+            client
+                .join(peer::JoinRequest {
+                    target_node: *id,
+                    map: map.encode(),
+                })
+                .await
+                .map_err(|s| Status::new(s.code(), format!("node {id} could not join: {}", s.message())))?;
+        }
+        match self
+            .host
+            .propose_meta(Command::InitMap(map.clone()), META_DEADLINE)
+            .await?
+        {
+            KvResponse::Map { applied: true, .. } => {}
+            KvResponse::Map {
+                applied: false, reason, ..
+            } => return Err(refused(reason.unwrap_or_default())),
+            other => return Err(raft_err(format!("unexpected metadata answer {other:?}"))),
+        }
+        tracing::info!(cluster = %map.cluster_id, nodes = map.nodes.len(), shards = map.shard_count, "bootstrapped");
+        Ok(Response::new(admin::BootstrapResponse {
+            map: Some((&map).into()),
+        }))
+    }
+
     fn shard(&self, shard: u32) -> Result<(GroupId, Arc<ClusterMap>), Status> {
         let map = self.host.map().ok_or(NodeError::NotJoined)?;
         map.replicas(shard).map_err(|e| NodeError::BadRequest(e.to_string()))?;
@@ -159,68 +223,84 @@ impl AdminService {
         }
     }
 
-    /// Runs a shard-level admin call on the shard's leader.
+    /// Runs an admin call on `g`'s leader: `None` when that is this node
+    /// (the caller goes on here), else the leader's answer.
     async fn forward_if_not_leader<T>(
         &self,
         g: GroupId,
         forwarded: bool,
         call: impl Fn(AdminClient<tonic::transport::Channel>) -> futures::future::BoxFuture<'static, Result<T, Status>>,
     ) -> Result<Option<T>, Status> {
-        let until = Instant::now() + Duration::from_secs(10);
-        let mut avoid = Vec::new();
-        loop {
-            let leader = self.host.leader_of(g, &avoid)?;
-            match leader {
-                Some(l) if l == self.host.id => {
-                    let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
-                    if group.metrics().state == ServerState::Leader {
-                        return Ok(None);
-                    }
-                }
-                Some(l) if !forwarded => {
-                    let ch = self
-                        .host
-                        .pool
-                        .channel(l, Lane::Admin)
-                        .map_err(|e| NodeError::Peer(e.to_string()))?;
-                    match call(AdminClient::new(ch)).await {
-                        Err(s) if (hints(&s).0 || crate::host::never_connected(&s)) && Instant::now() < until => {
-                            self.host.redirect(g, l, hints(&s).1, &mut avoid);
+        routing::on_leader(&self.host, g, forwarded, ADMIN_ROUTE_DEADLINE, |target| {
+            let call = &call;
+            async move {
+                match target {
+                    Target::Here => {
+                        let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
+                        if group.metrics().state == ServerState::Leader {
+                            Ok(None)
+                        } else {
+                            Err(NodeError::NotLeader { group: g, leader: None }.into())
                         }
-                        other => return other.map(Some),
+                    }
+                    Target::Node(l) => {
+                        let ch = self
+                            .host
+                            .pool
+                            .channel(l, Lane::Admin)
+                            .map_err(|e| NodeError::Peer(e.to_string()))?;
+                        call(AdminClient::new(ch)).await.map(Some)
                     }
                 }
-                leader => return Err(NodeError::NotLeader { group: g, leader }.into()),
             }
-            if Instant::now() > until {
-                return Err(NodeError::NotLeader { group: g, leader }.into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
-    /// Voters of `group` that are reachable and caught up, as its leader sees them.
-    fn healthy_voters(&self, group: &Group) -> Vec<NodeId> {
-        let m = group.metrics();
-        let last = m.last_log_index.unwrap_or(0);
-        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
-        let recent = |id: &NodeId| {
-            m.heartbeat
-                .as_ref()
-                .and_then(|h| h.get(id).cloned().flatten())
-                .is_some_and(|t| t.elapsed() < HEALTHY_ACK_WITHIN)
-        };
-        voters
-            .into_iter()
-            .filter(|id| {
-                *id == self.host.id
-                    || (recent(id)
-                        && m.replication
-                            .as_ref()
-                            .and_then(|r| r.get(id).cloned().flatten())
-                            .is_some_and(|l| last.saturating_sub(l.index) <= HEALTHY_MAX_LAG))
+    /// Refuses a drain that would leave a group this node hosts with no
+    /// other voter able to lead (each other voter is asked, briefly, whether
+    /// it answers and is not draining).
+    async fn check_drain(&self) -> Result<(), Status> {
+        let me = self.host.id;
+        let groups: Vec<(String, Vec<NodeId>)> = self
+            .host
+            .groups()
+            .iter()
+            .map(|g| {
+                let others = g.voters().into_iter().filter(|v| *v != me).collect();
+                (format!("group {}", g.id), others)
             })
-            .collect()
+            .collect();
+        let peers: BTreeSet<NodeId> = groups.iter().flat_map(|(_, o)| o.iter().copied()).collect();
+        let mut able = BTreeSet::new();
+        for peer in peers {
+            let Ok(ch) = self.host.pool.channel(peer, Lane::Admin) else {
+                continue;
+            };
+            let status = tokio::time::timeout(
+                Duration::from_secs(2),
+                AdminClient::new(ch).node_status(admin::NodeStatusRequest {}),
+            )
+            .await;
+            if let Ok(Ok(s)) = status {
+                let s = s.into_inner();
+                if s.node_id == peer && !s.draining && !s.shutting_down {
+                    able.insert(peer);
+                }
+            }
+        }
+        safety::check_drain(me, groups.iter().map(|(g, o)| (g.clone(), o.as_slice())), |n| {
+            able.contains(&n)
+        })
+        .map_err(refused)
+    }
+
+    /// Voters of `group` that are reachable and caught up, as its leader sees
+    /// them: a node that just died must not count toward the quorum a
+    /// removal leaves behind.
+    fn healthy_voters(&self, group: &Group) -> Vec<NodeId> {
+        let (last, views) = group.voter_views();
+        leadership::healthy_voters(self.host.id, last, &views)
     }
 
     async fn record_replicas(&self, shard: ShardId, group: &Group) -> Result<(), Status> {
@@ -316,76 +396,42 @@ impl Admin for AdminService {
         &self,
         request: Request<admin::BootstrapRequest>,
     ) -> Result<Response<admin::BootstrapResponse>, Status> {
+        // Runs to its end even if the caller goes away (its handler would be
+        // dropped): joins sent to half the nodes would leave shards unseeded.
+        let here = AdminService {
+            host: self.host.clone(),
+        };
         let req = request.into_inner();
-        if req.cluster_id.is_empty() {
-            return Err(NodeError::BadRequest("cluster_id must not be empty".into()).into());
-        }
-        let mut nodes = BTreeMap::new();
-        for m in &req.members {
-            let (id, addr): (NodeId, NodeAddr) = m
-                .try_into()
-                .map_err(|e: raftkv_proto::ConversionError| NodeError::BadRequest(e.to_string()))?;
-            if nodes.insert(id, addr).is_some() {
-                return Err(NodeError::BadRequest(format!("node {id} is listed twice")).into());
-            }
-        }
-        if !nodes.contains_key(&self.host.id) {
-            return Err(NodeError::BadRequest(format!("the members must include this node ({})", self.host.id)).into());
-        }
-        let map = ClusterMap::bootstrap(req.cluster_id.clone(), nodes, req.shards, req.replication_factor)
-            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        if let Some(existing) = self.host.map() {
-            if existing.cluster_id == map.cluster_id && self.host.group(GroupId::Meta).is_some() {
-                // Already bootstrapped (a retry): finish the map if it is not in the metadata group yet.
-                if existing.version > 1 {
-                    return Ok(Response::new(admin::BootstrapResponse {
-                        map: Some((&*existing).into()),
-                    }));
-                }
-            } else if existing.cluster_id != map.cluster_id {
-                return Err(refused(format!(
-                    "this node already belongs to cluster {:?}",
-                    existing.cluster_id
-                )));
-            }
-        }
-        self.host.pool.set_addresses(&map.nodes);
-        self.host.pool.set_cluster_id(&map.cluster_id);
-        for id in map.nodes.keys() {
-            if *id == self.host.id {
-                self.host.join(map.clone()).await?;
-                continue;
-            }
-            let mut client = self.host.pool.client(*id).map_err(|e| NodeError::Peer(e.to_string()))?;
-            client
-                .join(peer::JoinRequest {
-                    target_node: *id,
-                    map: map.encode(),
-                })
-                .await
-                .map_err(|s| Status::new(s.code(), format!("node {id} could not join: {}", s.message())))?;
-        }
-        match self
-            .host
-            .propose_meta(Command::InitMap(map.clone()), META_DEADLINE)
-            .await?
-        {
-            KvResponse::Map { applied: true, .. } => {}
-            KvResponse::Map {
-                applied: false, reason, ..
-            } => return Err(refused(reason.unwrap_or_default())),
-            other => return Err(raft_err(format!("unexpected metadata answer {other:?}"))),
-        }
-        tracing::info!(cluster = %map.cluster_id, nodes = map.nodes.len(), shards = map.shard_count, "bootstrapped");
-        Ok(Response::new(admin::BootstrapResponse {
-            map: Some((&map).into()),
-        }))
+        tokio::spawn(async move { here.bootstrap_here(req).await })
+            .await
+            .map_err(|e| raft_err(format!("bootstrap task failed: {e}")))?
     }
 
     async fn cluster_map(
         &self,
-        _: Request<admin::ClusterMapRequest>,
+        request: Request<admin::ClusterMapRequest>,
     ) -> Result<Response<admin::ClusterMapResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        if req.linearizable {
+            forward_to_leader!(self, GroupId::Meta, forwarded, req, cluster_map);
+            // The metadata leader's map is current once a quorum confirms it
+            // still leads and its state machine has applied up to that point.
+            let meta = self
+                .host
+                .group(GroupId::Meta)
+                .ok_or(NodeError::NoReplica(GroupId::Meta))?;
+            meta.raft
+                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .await
+                .map_err(|e| {
+                    tracing::debug!(cause = %e, "linearizable map read refused");
+                    NodeError::NotLeader {
+                        group: GroupId::Meta,
+                        leader: None,
+                    }
+                })?;
+        }
         let map = self.host.map().ok_or(NodeError::NotJoined)?;
         Ok(Response::new((&*map).into()))
     }
@@ -505,8 +551,18 @@ impl Admin for AdminService {
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         // Already done (a retry, perhaps after the map update was cut short): only record it.
         let done = (new == 0 || voters.contains(&new)) && !voters.contains(&old);
+        // openraft cannot go on after its leader removes itself this way.
+        let leader_leaves = || {
+            Err(refused(format!(
+                "node {old} leads the metadata group; move its leadership to another voter first"
+            )))
+        };
         if new == 0 && !done {
             safety::check_remove_voter(&voters, &self.healthy_voters(&meta), old).map_err(refused)?;
+            safety::check_meta_seat_release(&voters, old, map.nodes.len(), req.force).map_err(refused)?;
+            if old == self.host.id {
+                return leader_leaves();
+            }
             change_membership(&meta, ChangeMembers::RemoveVoters(BTreeSet::from([old]))).await?;
             tracing::info!(old, "metadata voter removed");
         } else if !done {
@@ -532,6 +588,9 @@ impl Admin for AdminService {
             let mut healthy = self.healthy_voters(&meta);
             healthy.push(new);
             safety::check_replace_voter(&voters, &healthy, old, new).map_err(refused)?;
+            if old == self.host.id {
+                return leader_leaves();
+            }
             let next: BTreeSet<NodeId> = voters.iter().copied().filter(|&v| v != old).chain([new]).collect();
             change_membership(&meta, ChangeMembers::ReplaceAllVoters(next)).await?;
             tracing::info!(old, new, "metadata voter replaced");
@@ -643,6 +702,8 @@ impl Admin for AdminService {
         if is_member {
             if voters.contains(&req.node_id) {
                 safety::check_remove_voter(&voters, &self.healthy_voters(&group), req.node_id).map_err(refused)?;
+                safety::check_replication_floor(&voters, req.node_id, map.replication_factor, req.force)
+                    .map_err(refused)?;
             }
             let gone = BTreeSet::from([req.node_id]);
             // retain = false: a removed voter does not stay behind as a learner.
@@ -665,6 +726,15 @@ impl Admin for AdminService {
             self.update_map(|m| m.with_shard_replicas(req.shard, replicas.clone()))
                 .await?;
         }
+        // A leader that removed itself answers with the shard as it left it
+        // (its replica is destroyed below).
+        let left = (req.node_id == self.host.id).then(|| {
+            let mut s = shard_status(self.host.id, &group);
+            s.role = "removed".into();
+            s.voters.retain(|v| *v != req.node_id);
+            s.learners.retain(|l| *l != req.node_id);
+            s
+        });
         // Now that the removal is committed, the old replica's data can go.
         if map.nodes.contains_key(&req.node_id) {
             let destroy = peer::CreateReplicaRequest {
@@ -680,11 +750,14 @@ impl Admin for AdminService {
                 tracing::warn!(shard = req.shard, node = req.node_id, error = %s.message(), "could not delete the removed replica's data; it is inert");
             }
         }
-        let status = self
-            .host
-            .group(g)
-            .map(|g| shard_status(self.host.id, &g))
-            .unwrap_or_default();
+        let status = match left {
+            Some(s) => s,
+            None => self
+                .host
+                .group(g)
+                .map(|g| shard_status(self.host.id, &g))
+                .unwrap_or_default(),
+        };
         Ok(Response::new(status))
     }
 
@@ -709,9 +782,8 @@ impl Admin for AdminService {
         let m = group.metrics();
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let to = if req.to_node == 0 {
-            self.healthy_voters(&group)
-                .into_iter()
-                .find(|v| *v != self.host.id)
+            let (last, views) = group.voter_views();
+            leadership::transfer_target(self.host.id, last, &views, &[])
                 .ok_or_else(|| refused("no other caught-up voter to take over"))?
         } else {
             req.to_node
@@ -739,6 +811,9 @@ impl Admin for AdminService {
     }
 
     async fn drain_leaders(&self, _: Request<admin::DrainRequest>) -> Result<Response<admin::DrainResponse>, Status> {
+        if !self.host.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            self.check_drain().await?;
+        }
         self.host.set_draining(true).await?;
         let leading = self.host.hand_off_leaderships().await;
         Ok(Response::new(admin::DrainResponse {
@@ -765,7 +840,8 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let (g, _) = self.shard(req.shard)?;
         let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
-        let d = group.view.digest().map_err(NodeError::from)?;
+        let view = group.view.clone();
+        let d = self.host.storage(move || view.digest()).await?;
         Ok(Response::new(admin::ShardDigestResponse {
             shard: req.shard,
             node_id: self.host.id,

@@ -8,6 +8,7 @@
 //! comes back with a new IP is found again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -24,11 +25,50 @@ use raftkv_proto::peer::{self, RaftKind, peer_client::PeerClient};
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::raft::types::{Snapshot, TypeConfig, Vote};
 use crate::storage::{SnapshotFile, decode_raft, encode_raft};
-use crate::types::{Snapshot, TypeConfig, Vote};
 
 /// Size of one snapshot chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Most bytes of entries one append carries (estimated from the commands'
+/// sizes). A longer batch is sent in parts, each acknowledged as a partial
+/// success, so a follower that fell behind on large values always catches
+/// up and no message nears the peer port's limit. One entry always goes.
+pub const MAX_APPEND_BYTES: usize = 8 << 20;
+
+/// About how many bytes `entry` takes on the wire.
+fn entry_bytes(entry: &crate::raft::types::Entry) -> usize {
+    use raftkv_core::command::Command;
+    const OVERHEAD: usize = 64;
+    match &entry.payload {
+        openraft::EntryPayload::Normal(r) => match &r.command {
+            Command::Put { key, value, .. } => key.len() + value.len() + OVERHEAD,
+            Command::Delete { key } => key.len() + OVERHEAD,
+            Command::Cas { key, value, .. } => key.len() + value.as_ref().map_or(0, Vec::len) + OVERHEAD,
+            Command::InitMap(_) | Command::UpdateMap { .. } | Command::Expire { .. } => r.encode().len() + OVERHEAD,
+        },
+        openraft::EntryPayload::Blank => OVERHEAD,
+        openraft::EntryPayload::Membership(_) => 16 * OVERHEAD,
+    }
+}
+
+/// Keeps the longest prefix of `entries` within `budget` bytes (one entry
+/// at least); returns the last kept entry's log id if any were dropped.
+fn fit_entries(entries: &mut Vec<crate::raft::types::Entry>, budget: usize) -> Option<crate::raft::types::LogId> {
+    let mut total = 0usize;
+    let keep = entries
+        .iter()
+        .position(|e| {
+            total = total.saturating_add(entry_bytes(e));
+            total > budget
+        })
+        .map(|cut| cut.max(1))?;
+    if keep >= entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|e| e.log_id)
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Lane {
@@ -48,6 +88,10 @@ pub struct PeerPool {
     book: RwLock<BTreeMap<NodeId, NodeAddr>>,
     channels: Mutex<HashMap<(NodeId, Lane), (String, Channel)>>,
     cluster_id: RwLock<String>,
+    /// The source address of connections to peers: the listen address when it
+    /// names one interface, so a node's traffic comes from where it can be
+    /// reached (multi-homed hosts, firewall rules, the partition tests).
+    local_address: Option<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +99,14 @@ pub struct PeerPool {
 pub struct PeerError(pub String);
 
 impl PeerPool {
-    pub fn new(self_id: NodeId) -> Arc<Self> {
+    pub fn new(self_id: NodeId, listen_host: &str) -> Arc<Self> {
+        let local_address = listen_host.parse::<IpAddr>().ok().filter(|ip| !ip.is_unspecified());
         Arc::new(PeerPool {
             self_id,
             book: RwLock::default(),
             channels: Mutex::default(),
             cluster_id: RwLock::default(),
+            local_address,
         })
     }
 
@@ -108,6 +154,7 @@ impl PeerPool {
             .map_err(|e| PeerError(format!("bad peer endpoint {endpoint}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
+            .local_address(self.local_address)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
@@ -208,10 +255,16 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RaftKind::Append, &rpc, &option).await
+        let cut_at = fit_entries(&mut rpc.entries, MAX_APPEND_BYTES);
+        match (self.call(RaftKind::Append, &rpc, &option).await?, cut_at) {
+            // The follower has everything up to the last entry sent; openraft
+            // sends the rest next.
+            (AppendEntriesResponse::Success, Some(last)) => Ok(AppendEntriesResponse::PartialSuccess(Some(last))),
+            (resp, _) => Ok(resp),
+        }
     }
 
     async fn vote(
@@ -311,5 +364,45 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         crate::metrics::METRICS.snapshot_sent(self.group, bytes, started.elapsed());
         decode_raft("snapshot reply", &reply.into_inner().payload)
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::Entry;
+    use raftkv_core::command::{Command, Request};
+
+    fn put(index: u64, value_bytes: usize) -> Entry {
+        Entry {
+            log_id: crate::raft::types::LogId::new(
+                openraft::vote::leader_id_adv::LeaderId { term: 1, node_id: 1 },
+                index,
+            ),
+            payload: openraft::EntryPayload::Normal(Request {
+                proposed_at_ms: 0,
+                command: Command::Put {
+                    key: b"k".to_vec(),
+                    value: vec![0; value_bytes],
+                    ttl_ms: None,
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn appends_are_cut_to_the_byte_budget_but_always_carry_an_entry() {
+        let mut batch: Vec<Entry> = (1..=40).map(|i| put(i, 1 << 20)).collect();
+        let last = fit_entries(&mut batch, MAX_APPEND_BYTES).expect("a 40 MiB batch is cut");
+        assert_eq!(batch.len(), 7, "7 entries of 1 MiB + overhead fit in 8 MiB");
+        assert_eq!(last.index, 7);
+
+        let mut huge = vec![put(1, 20 << 20), put(2, 1)];
+        assert_eq!(fit_entries(&mut huge, MAX_APPEND_BYTES).map(|l| l.index), Some(1));
+        assert_eq!(huge.len(), 1);
+
+        let mut small: Vec<Entry> = (1..=300).map(|i| put(i, 100)).collect();
+        assert_eq!(fit_entries(&mut small, MAX_APPEND_BYTES), None);
+        assert_eq!(small.len(), 300);
     }
 }

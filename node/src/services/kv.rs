@@ -15,19 +15,20 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use openraft::ReadPolicy;
 use openraft::errors::{LinearizableReadError, RaftError};
-use raftkv_core::command::{Command, Expected, Request as KvRequest, Response as KvResponse};
+use raftkv_core::command::{Command, Expected, Response as KvResponse};
 use raftkv_core::record::ValueRecord;
 use raftkv_core::scan::{self, KeyRange, ShardPage};
 use raftkv_core::{GroupId, ShardId, limits};
 use raftkv_proto::kv::{self, Consistency, kv_client::KvClient, kv_server::Kv};
 use tonic::{Request, Response, Status};
 
-use crate::error::{NodeError, hints};
+use crate::error::NodeError;
 use crate::host::{Group, Host, now_ms};
 use crate::metrics::METRICS;
-use crate::network::Lane;
+use crate::raft::network::Lane;
+use crate::routing::{self, Target};
 
-const HOP: &str = "x-raftkv-hop";
+use crate::error::HOP;
 /// How long a request may spend finding its shard's leader.
 const ROUTE_DEADLINE: Duration = Duration::from_secs(10);
 const DEFAULT_SCAN_LIMIT: u32 = 1000;
@@ -52,6 +53,16 @@ enum Reply {
     Delete(kv::DeleteResponse),
     Cas(kv::CompareAndSetResponse),
     Scan(kv::ScanResponse),
+}
+
+/// A scan's page size: the default for 0, refused over the maximum (on
+/// every path, the single-shard one included).
+fn scan_limit(requested: u32) -> Result<u32, NodeError> {
+    match requested {
+        0 => Ok(DEFAULT_SCAN_LIMIT),
+        limit if limit > limits::MAX_SCAN_LIMIT => Err(limits::InputError::ScanLimitTooLarge { limit }.into()),
+        limit => Ok(limit),
+    }
 }
 
 fn ttl_ms(seconds: u64) -> Result<Option<u64>, NodeError> {
@@ -95,33 +106,19 @@ impl KvService {
     /// after refusals that guarantee nothing was applied.
     async fn on_leader(&self, shard: ShardId, op: Op, forwarded: bool) -> Result<Reply, Status> {
         let g = GroupId::Shard(shard);
-        let until = Instant::now() + ROUTE_DEADLINE;
-        let mut pause = Duration::from_millis(10);
-        let mut avoid = Vec::new();
-        loop {
-            let target = self.host.leader_of(g, &avoid)?;
-            let attempt: Result<Reply, Status> = match target {
-                Some(l) if l == self.host.id => {
-                    let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
-                    self.local(&group, shard, &op).await.map_err(Status::from)
-                }
-                Some(l) if !forwarded => self.remote(l, &op).await,
-                leader if forwarded => return Err(NodeError::NotLeader { group: g, leader }.into()),
-                _ => Err(NodeError::NotLeader { group: g, leader: None }.into()),
-            };
-            match attempt {
-                Err(s) if !forwarded && Instant::now() < until && hints(&s).0 => {
-                    match target {
-                        Some(t) => self.host.redirect(g, t, hints(&s).1, &mut avoid),
-                        None => avoid.clear(),
+        routing::on_leader(&self.host, g, forwarded, ROUTE_DEADLINE, |target| {
+            let op = &op;
+            async move {
+                match target {
+                    Target::Here => {
+                        let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
+                        self.local(&group, shard, op).await.map_err(Status::from)
                     }
-                    tracing::debug!(shard, error = %s.message(), "retrying on another node");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(300));
+                    Target::Node(l) => self.remote(l, op).await,
                 }
-                other => return other,
             }
-        }
+        })
+        .await
     }
 
     async fn remote(&self, target: u64, op: &Op) -> Result<Reply, Status> {
@@ -150,7 +147,7 @@ impl KvService {
         result.map_err(|s| {
             // Never reached the node (nothing was proposed), or a read, which
             // is safe to repeat: let the caller try elsewhere.
-            if crate::host::never_connected(&s) || (read && s.code() == tonic::Code::Unavailable) {
+            if raftkv_proto::retry::never_connected(&s) || (read && s.code() == tonic::Code::Unavailable) {
                 let mut retry: Status = NodeError::Peer(format!("node {target}: {}", s.message())).into();
                 retry.metadata_mut().insert(
                     crate::error::RETRY_SAFE,
@@ -164,10 +161,6 @@ impl KvService {
     }
 
     async fn local(&self, group: &Group, shard: ShardId, op: &Op) -> Result<Reply, NodeError> {
-        let propose = |command| KvRequest {
-            proposed_at_ms: now_ms(),
-            command,
-        };
         match op {
             Op::Put(r) => {
                 self.check_writable()?;
@@ -176,7 +169,7 @@ impl KvService {
                     value: r.value.clone(),
                     ttl_ms: ttl_ms(r.ttl_seconds)?,
                 };
-                match self.host.propose_local(group.id, propose(cmd)).await? {
+                match self.host.propose(group.id, cmd).await? {
                     KvResponse::Put { version, prev_version } => Ok(Reply::Put(kv::PutResponse {
                         version,
                         shard,
@@ -189,7 +182,7 @@ impl KvService {
                 self.check_writable()?;
                 match self
                     .host
-                    .propose_local(group.id, propose(Command::Delete { key: r.key.clone() }))
+                    .propose(group.id, Command::Delete { key: r.key.clone() })
                     .await?
                 {
                     KvResponse::Delete { prev_version } => Ok(Reply::Delete(kv::DeleteResponse {
@@ -218,7 +211,7 @@ impl KvService {
                     value,
                     ttl_ms: ttl_ms(r.ttl_seconds)?,
                 };
-                match self.host.propose_local(group.id, propose(cmd)).await? {
+                match self.host.propose(group.id, cmd).await? {
                     KvResponse::Cas { succeeded, version } => Ok(Reply::Cas(kv::CompareAndSetResponse {
                         succeeded,
                         version: version.unwrap_or(0),
@@ -237,8 +230,15 @@ impl KvService {
                 let read = self.confirm_read(group, r.consistency(), r.max_staleness_ms).await?;
                 let _ = read;
                 let range = KeyRange::between(r.start.clone(), (!r.end.is_empty()).then(|| r.end.clone()))?;
-                let limit = if r.limit == 0 { DEFAULT_SCAN_LIMIT } else { r.limit } as usize;
-                let (items, more) = group.view.scan(&range, limit, now_ms())?;
+                let limit = scan_limit(r.limit)? as usize;
+                let map = self.host.map().ok_or(NodeError::NotJoined)?;
+                let max_bytes = limits::shard_scan_bytes(map.shard_count);
+                let view = group.view.clone();
+                let now = now_ms();
+                let (items, more) = self
+                    .host
+                    .storage(move || view.scan(&range, limit, max_bytes, now))
+                    .await?;
                 Ok(Reply::Scan(kv::ScanResponse {
                     items: items
                         .into_iter()
@@ -293,18 +293,32 @@ impl KvService {
                 }
             }
             Consistency::Stale => {
-                if group.current_leader() != Some(self.host.id) {
-                    staleness_ms = group
+                staleness_ms = if group.current_leader() == Some(self.host.id) {
+                    // A leader is as fresh as a quorum last confirmed it: a
+                    // leader cut off from its followers stays Leader in
+                    // openraft until it hears of a new term, while another
+                    // leader takes writes.
+                    use openraft::Instant as _;
+                    use openraft::async_runtime::WatchReceiver;
+                    group
+                        .raft
+                        .metrics()
+                        .borrow_watched()
+                        .last_quorum_acked
+                        .as_ref()
+                        .map_or(u64::MAX, |t| t.elapsed().as_millis() as u64)
+                } else {
+                    group
                         .leader_contact
                         .lock()
                         .expect("contact lock")
-                        .map_or(u64::MAX, |t| t.elapsed().as_millis() as u64);
-                    if max_staleness_ms > 0 && staleness_ms > max_staleness_ms {
-                        return Err(NodeError::TooStale {
-                            staleness_ms,
-                            bound_ms: max_staleness_ms,
-                        });
-                    }
+                        .map_or(u64::MAX, |t| t.elapsed().as_millis() as u64)
+                };
+                if max_staleness_ms > 0 && staleness_ms > max_staleness_ms {
+                    return Err(NodeError::TooStale {
+                        staleness_ms,
+                        bound_ms: max_staleness_ms,
+                    });
                 }
             }
         }
@@ -344,10 +358,7 @@ impl KvService {
                 .map_err(|e| NodeError::BadRequest(format!("bad continuation token: {e}")))?;
             range.resume_after(&after)
         };
-        let limit = if r.limit == 0 { DEFAULT_SCAN_LIMIT } else { r.limit };
-        if limit > limits::MAX_SCAN_LIMIT {
-            return Err(NodeError::from(limits::InputError::ScanLimitTooLarge { limit }).into());
-        }
+        let limit = scan_limit(r.limit)?;
         let per_shard = kv::ScanRequest {
             prefix: vec![],
             start: range.start.clone(),
@@ -378,7 +389,8 @@ impl KvService {
                 more: p.more,
             });
         }
-        let (items, resume) = scan::merge_pages(shard_pages, limit as usize);
+        let (items, resume) =
+            scan::merge_pages(shard_pages, limit as usize, limits::MAX_SCAN_BYTES, |kv| kv.value.len());
         Ok(kv::ScanResponse {
             items: items.into_iter().map(|(_, kv)| kv).collect(),
             continuation: resume.map(|k| scan::encode_token(&k)).unwrap_or_default(),
@@ -503,6 +515,7 @@ impl Kv for KvService {
         let r = request.into_inner();
         timed("scan", async {
             self.check_serving()?;
+            scan_limit(r.limit)?;
             match r.only_shard {
                 Some(s) => {
                     let map = self.host.map().ok_or(NodeError::NotJoined)?;
