@@ -6,6 +6,8 @@
 #   make cluster-up / cluster-down, make crds, make e2e-kind: see mk/*.mk
 #   make local-cluster-down
 #   make bench           throughput/latency figures and failover time
+#   make fuzz            every decoder of network/disk bytes under libFuzzer
+#                        (FUZZ_SECONDS each, default 60; corpora in fuzz/corpus)
 #   make robustness      every nemesis against real nodes, histories checked for
 #                        linearizability, a summary table (RAFTKV_ROBUSTNESS_SECONDS each)
 
@@ -23,7 +25,7 @@ N ?= 3
 -include mk/operator.mk
 -include mk/kind.mk
 
-.PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench robustness
+.PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench robustness fuzz
 
 deps:
 	@bash scripts/install-deps.sh
@@ -64,5 +66,8 @@ bench: build
 
 # The whole robustness matrix (make test runs a bounded part of it). Needs
 # root, /dev/fuse (power-loss disks) and nftables (partitions).
+fuzz: deps
+	@bash scripts/fuzz.sh
+
 robustness: build
 	cargo test --workspace --test robustness -- --ignored --nocapture --test-threads=1 full_matrix

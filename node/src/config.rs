@@ -48,6 +48,10 @@ pub struct NodeConfig {
     /// How long a SIGTERM may take (leadership hand-off, in-flight requests, flush).
     #[arg(long, env = "RAFTKV_SHUTDOWN_GRACE_SECONDS", default_value_t = 25)]
     pub shutdown_grace_seconds: u64,
+    /// Most client connections open at once (the client port also gets no more
+    /// than the open-file limit leaves after the other ports and RocksDB).
+    #[arg(long, env = "RAFTKV_MAX_CLIENT_CONNECTIONS", default_value_t = 10_000)]
+    pub max_client_connections: usize,
     /// Check RocksDB's WAL-sync counter before every acknowledgement and abort on a
     /// violation (for tests that prove durability; negligible cost).
     #[arg(long, env = "RAFTKV_AUDIT_DURABILITY", default_value_t = false)]

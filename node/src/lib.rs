@@ -51,6 +51,7 @@ pub mod services;
 pub mod storage;
 pub mod upkeep;
 
+use services::listener::{self, Listener};
 use services::{admin, http, kv, peer};
 
 use std::net::SocketAddr;
@@ -61,7 +62,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use raftkv_proto::{admin::admin_server::AdminServer, kv::kv_server::KvServer, peer::peer_server::PeerServer};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::NodeConfig;
@@ -104,10 +104,29 @@ pub async fn run(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<
     let servers_stop = CancellationToken::new();
     let host = Host::open(config.clone(), identity.node_id, servers_stop.clone()).await?;
 
-    let client_l = listen(&config.listen_host, config.client_port, "client").await?;
-    let peer_l = listen(&config.listen_host, config.peer_port, "peer").await?;
-    let admin_l = listen(&config.listen_host, config.admin_port, "admin").await?;
-    let http_l = listen(&config.listen_host, config.http_port, "http").await?;
+    let fd_limit = listener::raise_fd_limit();
+    let budgets = listener::budgets(fd_limit, config.max_client_connections);
+    tracing::info!(fd_limit, ?budgets, "connection budgets");
+    let h = &config.listen_host;
+    let client_l = Listener::new(
+        listen(h, config.client_port, "client").await?,
+        "client",
+        budgets.client,
+        None,
+    );
+    let peer_l = Listener::new(listen(h, config.peer_port, "peer").await?, "peer", budgets.peer, None);
+    let admin_l = Listener::new(
+        listen(h, config.admin_port, "admin").await?,
+        "admin",
+        budgets.admin,
+        None,
+    );
+    let http_l = Listener::new(
+        listen(h, config.http_port, "http").await?,
+        "http",
+        budgets.http,
+        Some(listener::HTTP_IDLE_TIMEOUT),
+    );
 
     use message_limits as lim;
     let server = || {
@@ -124,7 +143,7 @@ pub async fn run(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<
                 .max_decoding_message_size(lim::PEER)
                 .max_encoding_message_size(lim::PEER),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_l), async move { s.cancelled().await });
+        .serve_with_incoming_shutdown(peer_l.into_stream(), async move { s.cancelled().await });
     let s = servers_stop.clone();
     let client_srv = server()
         .add_service(
@@ -132,7 +151,7 @@ pub async fn run(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<
                 .max_decoding_message_size(lim::CLIENT_REQUEST)
                 .max_encoding_message_size(lim::CLIENT_REPLY),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(client_l), async move { s.cancelled().await });
+        .serve_with_incoming_shutdown(client_l.into_stream(), async move { s.cancelled().await });
     let s = servers_stop.clone();
     let admin_srv = server()
         .add_service(
@@ -140,7 +159,7 @@ pub async fn run(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<
                 .max_decoding_message_size(lim::ADMIN_REQUEST)
                 .max_encoding_message_size(lim::ADMIN_REPLY),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(admin_l), async move { s.cancelled().await });
+        .serve_with_incoming_shutdown(admin_l.into_stream(), async move { s.cancelled().await });
     let s = servers_stop.clone();
     let http_srv =
         axum::serve(http_l, http::router(host.clone())).with_graceful_shutdown(async move { s.cancelled().await });

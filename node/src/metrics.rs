@@ -36,6 +36,9 @@ pub struct Metrics {
     pub disk_full: IntGauge,
     pub draining: IntGauge,
     pub shards_hosted: IntGauge,
+    pub connections: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
+    pub connections_timed_out: IntCounterVec,
 }
 
 fn shard_label(g: GroupId) -> String {
@@ -165,6 +168,25 @@ impl Metrics {
                 "1 while the node refuses leadership (drain mark set).",
             ),
             shards_hosted: int_gauge("raftkv_server_shards_hosted", "Shard replicas hosted by this node."),
+            connections: {
+                let g = IntGaugeVec::new(
+                    Opts::new("raftkv_network_connections", "Open connections by port."),
+                    &["port"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            connections_refused: counter(
+                "raftkv_network_connections_refused_total",
+                "Connections closed on accept because the port's connection budget was full.",
+                &["port"],
+            ),
+            connections_timed_out: counter(
+                "raftkv_network_connections_timed_out_total",
+                "Connections closed for sending too little within the handshake timeout, or for idling.",
+                &["port"],
+            ),
             registry: r,
         }
     }

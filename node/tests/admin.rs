@@ -145,7 +145,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
                 .found
         );
     }
-    let health = reqwest_get(&c.nodes[0].http_url("/readyz")).await;
+    let health = support::http_get(&c.nodes[0].http_url("/readyz"));
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 }
 
@@ -155,71 +155,13 @@ async fn raftkv_proto_peer_client(ep: &str) -> raftkv_proto::peer::peer_client::
         .expect("connect to peer port")
 }
 
-/// A minimal HTTP GET over a raw socket (no HTTP client dependency needed).
-async fn reqwest_get(url: &str) -> String {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap();
-    let mut s = std::net::TcpStream::connect(hostport).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
-
-async fn digests(c: &Cluster, shard: u32) -> Vec<admin::ShardDigestResponse> {
-    let map = c.admin().cluster_map().await.unwrap();
-    let r = map.shards.iter().find(|s| s.shard == shard).unwrap();
-    let mut out = Vec::new();
-    for id in r.voters.iter().chain(r.learners.iter()) {
-        let ep = c.nodes[c.index_of(*id)].admin_ep();
-        let d = Admin::node(&ep)
-            .unwrap()
-            .shard_digest(admin::ShardDigestRequest { shard })
-            .await
-            .unwrap()
-            .into_inner();
-        out.push(d);
-    }
-    out
-}
-
-/// Waits until every replica of `shard` has the same digest at the same applied index.
-async fn assert_identical(c: &Cluster, shard: u32) {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let d = digests(c, shard).await;
-        let same = d
-            .windows(2)
-            .all(|w| w[0].applied_index == w[1].applied_index && w[0].digest == w[1].digest);
-        if same && d.len() >= 3 {
-            assert!(d.iter().all(|x| x.key_count == d[0].key_count));
-            return;
-        }
-        assert!(Instant::now() < until, "replicas of shard {shard} still differ: {d:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn metric(c: &Cluster, i: usize, name: &str) -> f64 {
-    let body = reqwest_get(&c.nodes[i].http_url("/metrics")).await;
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until node `i` reports `value` for `name`: each node checks its disk
 /// on its own upkeep tick, so the node asked may notice a moment after the
 /// node that refused the write.
 async fn wait_metric(c: &Cluster, i: usize, name: &str, value: f64) {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let seen = metric(c, i, name).await;
+        let seen = c.nodes[i].metric(name);
         if seen == value {
             return;
         }
@@ -290,11 +232,11 @@ async fn a_new_node_receives_replicas_by_snapshot_and_all_replicas_agree() {
         );
     }
     assert!(
-        metric(&c, n4, "raftkv_network_snapshot_receive_success_total").await >= 1.0,
+        c.nodes[n4].metric("raftkv_network_snapshot_receive_success_total") >= 1.0,
         "no replica arrived by snapshot"
     );
     for shard in 0..8 {
-        assert_identical(&c, shard).await;
+        c.assert_identical(shard).await;
     }
     // Every key is readable through the new node.
     let via4 = c.client_via(n4);
@@ -665,7 +607,7 @@ async fn expired_keys_are_reclaimed_on_every_replica_with_equal_digests() {
         let mut stored = 0;
         let mut same = true;
         for shard in 0..2 {
-            let d = digests(&c, shard).await;
+            let d = c.digests(shard).await;
             same &= d.len() == 3
                 && d.windows(2)
                     .all(|w| w[0].applied_index == w[1].applied_index && w[0].digest == w[1].digest);
@@ -685,8 +627,8 @@ async fn expired_keys_are_reclaimed_on_every_replica_with_equal_digests() {
         assert!(!via.get(b"session/7", Consistency::Stale, 0).await.unwrap().found);
         assert!(via.get(b"durable/7", Consistency::Stale, 0).await.unwrap().found);
     }
-    let deleted = metric(&c, 0, "raftkv_server_expired_keys_deleted_total").await
-        + metric(&c, 1, "raftkv_server_expired_keys_deleted_total").await
-        + metric(&c, 2, "raftkv_server_expired_keys_deleted_total").await;
+    let deleted = c.nodes[0].metric("raftkv_server_expired_keys_deleted_total")
+        + c.nodes[1].metric("raftkv_server_expired_keys_deleted_total")
+        + c.nodes[2].metric("raftkv_server_expired_keys_deleted_total");
     assert!(deleted >= 300.0, "sweeps report {deleted} deletions");
 }

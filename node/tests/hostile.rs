@@ -6,14 +6,15 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use raftkv_client::Client;
 use raftkv_client::kv_proto::Consistency;
 use raftkv_core::GroupId;
 use raftkv_core::command::Command;
 use raftkv_core::map::ClusterMap;
-use support::Cluster;
 use support::hostile::HostilePeer;
+use support::{Cluster, Options};
 
 const CLUSTER: &str = "test";
 
@@ -35,7 +36,10 @@ fn assert_refused(what: &str, r: Result<(), tonic::Status>, code: tonic::Code) {
 }
 
 async fn write_and_read_back(c: &Cluster, prefix: &str) {
-    let client = c.client();
+    write_and_read_back_via(&c.client(), prefix).await;
+}
+
+async fn write_and_read_back_via(client: &Client, prefix: &str) {
     for i in 0..16 {
         let key = format!("{prefix}/{i}");
         client
@@ -280,4 +284,84 @@ async fn a_join_never_rewrites_a_joined_node_nor_plants_an_invalid_map() {
     let status = c.nodes[fresh].status().await.expect("status");
     assert!(!status.joined, "the node joined with an invalid map");
     write_and_read_back(&c, "after").await;
+}
+
+/// A flood of silent connections on one node's client port, three times
+/// the node's open-file limit: the peer, admin and HTTP ports keep serving
+/// while the flood is held open, the node closes every flood connection
+/// (past the port's budget at once, the rest by the handshake timeout), and
+/// then its client port serves again with the flood's sockets still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_on_the_client_port_leaves_every_other_port_serving() {
+    const FD_LIMIT: u64 = 2048;
+    let options = Options {
+        fd_limit: Some(FD_LIMIT),
+        ..Options::default()
+    };
+    let mut c = Cluster::start_with(3, &[], options).await;
+    c.bootstrap(4, 3).await;
+    c.wait_all_leaders(Duration::from_secs(30)).await;
+    // Nodes forward client requests to a leader's client port over
+    // long-lived connections; these are made before the flood.
+    let others = Client::new(&[c.nodes[1].client_ep(), c.nodes[2].client_ep()]).expect("client");
+    write_and_read_back_via(&others, "before-flood").await;
+    let target: std::net::SocketAddr = c.nodes[0].client_ep().parse().expect("an address");
+    let flood = tokio::task::spawn_blocking(move || {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+        // A connect loop outruns any accept loop now and then, and the
+        // kernel drops a SYN when the accept queue is full (retried after
+        // 1 s): a node that stopped accepting fails ten connects in a row.
+        let mut open = Vec::new();
+        let mut errors = Vec::new();
+        while open.len() < 3 * FD_LIMIT as usize && errors.len() < 10 {
+            match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3)) {
+                Ok(s) => {
+                    open.push(s);
+                    errors.clear();
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (open, errors)
+    })
+    .await
+    .expect("flood");
+    let (flood, errors) = flood;
+    assert_eq!(
+        flood.len(),
+        3 * FD_LIMIT as usize,
+        "the node stopped accepting after {} connections: {errors:?}",
+        flood.len()
+    );
+
+    // With the flood held open: health, admin and writes through the other
+    // nodes, whose forwarded proposals reach node 0 over its peer port.
+    let health = support::http_get(&c.nodes[0].http_url("/healthz"));
+    assert!(
+        health.starts_with("HTTP/1.1 200"),
+        "/healthz during the flood: {health:?}"
+    );
+    c.nodes[0].status().await.expect("admin NodeStatus during the flood");
+    write_and_read_back_via(&others, "during-flood").await;
+
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let refused = c.nodes[0].metric("raftkv_network_connections_refused_total{port=\"client\"}");
+        let timed_out = c.nodes[0].metric("raftkv_network_connections_timed_out_total{port=\"client\"}");
+        if refused + timed_out >= flood.len() as f64 {
+            assert!(refused > 0.0, "no connection was refused for the budget");
+            assert!(timed_out > 0.0, "no connection was closed by the handshake timeout");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "node 0 closed {refused} + {timed_out} of {} flood connections within 30 s",
+            flood.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    write_and_read_back_via(&c.client_via(0), "after-flood").await;
+    drop(flood);
 }

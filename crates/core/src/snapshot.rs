@@ -174,8 +174,13 @@ impl<R: Read> SnapshotReader<R> {
         if n > max {
             return Err(self.bad(format!("{what} of {n} bytes; the limit is {max}")));
         }
-        let mut buf = vec![0u8; n];
-        read_exact(&mut self.input, &mut buf)?;
+        // Grown as bytes arrive, so a length claimed by a truncated file
+        // allocates no more than the file holds.
+        let mut buf = Vec::new();
+        (&mut self.input).take(n as u64).read_to_end(&mut buf)?;
+        if buf.len() < n {
+            return Err(SnapshotError::Truncated);
+        }
         self.hash.update(&buf);
         Ok(buf)
     }

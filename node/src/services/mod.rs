@@ -4,4 +4,5 @@
 pub mod admin;
 pub mod http;
 pub mod kv;
+pub mod listener;
 pub mod peer;

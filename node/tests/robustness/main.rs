@@ -165,6 +165,7 @@ async fn run(plan: Plan) -> (Report, Cluster) {
     let options = Options {
         own_addresses: true,
         power_loss_disks: options_power_loss(&plan.nemeses),
+        ..Options::default()
     };
     let mut c = Cluster::start_with(plan.nodes, &plan.args, options).await;
     let shards = 8;

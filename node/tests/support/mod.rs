@@ -55,6 +55,8 @@ pub struct Node {
     /// The node's data directory is this power-loss file system's mount
     /// (declared after `child`, so the process is gone before it unmounts).
     pub disk: Option<PowerFs>,
+    /// The open-file limit the process starts under (`prlimit`), if not the test's own.
+    pub fd_limit: Option<u64>,
 }
 
 impl Node {
@@ -68,6 +70,15 @@ impl Node {
         format!("http://{}:{}{path}", self.host, self.ports.http)
     }
 
+    /// The sum of every series of metric `name` this node exports.
+    pub fn metric(&self, name: &str) -> f64 {
+        http_get(&self.http_url("/metrics"))
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node already running");
         let log = std::fs::OpenOptions::new()
@@ -76,7 +87,15 @@ impl Node {
             .open(&self.log)
             .expect("open node log");
         let p = self.ports;
-        let child = Command::new(node_binary())
+        let mut cmd = match self.fd_limit {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(node_binary());
+                c
+            }
+            None => Command::new(node_binary()),
+        };
+        let child = cmd
             .args(["--data-dir", self.dir.to_str().expect("utf-8 path")])
             .args(["--listen-host", &self.host, "--advertise-host", &self.host])
             .args([
@@ -204,6 +223,25 @@ impl Node {
     }
 }
 
+/// A plain HTTP/1.1 GET: the whole response (status line, headers, body),
+/// or what arrived before the connection failed or went 5 s silent.
+pub fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).expect("a path");
+    let Ok(mut s) = std::net::TcpStream::connect(hostport) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
@@ -225,6 +263,8 @@ pub struct Options {
     pub own_addresses: bool,
     /// Each node's data directory on its own [`PowerFs`].
     pub power_loss_disks: bool,
+    /// Each node's open-file limit (soft and hard), set with `prlimit`.
+    pub fd_limit: Option<u64>,
 }
 
 /// A /24 of loopback addresses no other cluster of this machine uses now:
@@ -292,6 +332,7 @@ impl Cluster {
                 child: None,
                 id: 0,
                 disk,
+                fd_limit: self.options.fd_limit,
             };
             node.start();
             match node.start_up(Duration::from_secs(30)).await {
@@ -407,6 +448,47 @@ impl Cluster {
                 l.keys().collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every replica's digest of `shard` (voters and learners in the map).
+    pub async fn digests(&self, shard: u32) -> Vec<admin::ShardDigestResponse> {
+        let map = self.admin().cluster_map().await.expect("cluster map");
+        let r = map
+            .shards
+            .iter()
+            .find(|s| s.shard == shard)
+            .expect("the shard is in the map");
+        let mut out = Vec::new();
+        for id in r.voters.iter().chain(r.learners.iter()) {
+            let ep = self.nodes[self.index_of(*id)].admin_ep();
+            let d = Admin::node(&ep)
+                .expect("admin")
+                .shard_digest(admin::ShardDigestRequest { shard })
+                .await
+                .unwrap_or_else(|e| panic!("digest of shard {shard} on node {id}: {e}"))
+                .into_inner();
+            out.push(d);
+        }
+        out
+    }
+
+    /// Waits until every replica of `shard` (at least three) has the same
+    /// digest and key count at the same applied index.
+    pub async fn assert_identical(&self, shard: u32) {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let d = self.digests(shard).await;
+            let same = d.windows(2).all(|w| {
+                w[0].applied_index == w[1].applied_index
+                    && w[0].digest == w[1].digest
+                    && w[0].key_count == w[1].key_count
+            });
+            if same && d.len() >= 3 {
+                return;
+            }
+            assert!(Instant::now() < until, "replicas of shard {shard} still differ: {d:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -1,0 +1,7 @@
+//! libFuzzer target: [`checks::command`].
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::command(data));

@@ -1,0 +1,7 @@
+//! libFuzzer target: [`checks::snapshot`].
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::snapshot(data));
