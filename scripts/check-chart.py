@@ -3,18 +3,24 @@
 (run by scripts/check-chart.sh; each prints what it checked, exits 1 on the
 first kind of failure with every offending item listed).
 
-    check-monitoring.py dashboards   every dashboards/*.json: valid JSON,
+    check-chart.py dashboards   every dashboards/*.json: valid JSON,
                                      schemaVersion >= 39, every panel with a
                                      unit and a description, every $variable
                                      defined, every metric known
-    check-monitoring.py rules        every alert: summary, description,
+    check-chart.py rules        every alert: summary, description,
                                      runbook_url -> a docs/runbook.md section,
                                      every metric known
-    check-monitoring.py rendered F   in `helm template` output F: the CRD is
+    check-chart.py rendered F   in `helm template` output F: the CRD is
                                      crds/raftkv.io_kvclusters.yaml (plus the
                                      chart's labels/annotations), the
                                      PrometheusRule is the rule file, the
                                      dashboard ConfigMaps hold the JSON files
+    check-chart.py examples F        in `helm template` output F (default
+                                     values): the operator's RBAC rules, image,
+                                     command, ports, probes, resources,
+                                     security contexts and env are those of
+                                     examples/operator.yaml (the raw manifests
+                                     kubectl users apply), so the two never drift
 
 "Known" metrics are those registered in node/src/metrics.rs and
 operator/src/metrics.rs (histograms with their _bucket/_sum/_count series),
@@ -242,6 +248,48 @@ def check_rendered(path):
     print(f"rendered {pathlib.Path(path).name}: " + "; ".join(checked))
 
 
+def check_examples(path):
+    rendered = [d for d in yaml.safe_load_all(pathlib.Path(path).read_text()) if d]
+    example = [d for d in yaml.safe_load_all((ROOT / "examples" / "operator.yaml").read_text()) if d]
+
+    def one(docs, kind, suffix=""):
+        found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+        return found[0] if len(found) == 1 else None
+
+    problems = []
+    for kind, suffix in (("ClusterRole", "raftkv-operator"), ("Role", "-leader-election")):
+        a, b = one(rendered, kind, suffix), one(example, kind, suffix)
+        if a is None or b is None:
+            problems.append(f"{kind} *{suffix}: rendered {a is not None}, in examples {b is not None}")
+        elif a["rules"] != b["rules"]:
+            problems.append(f"{kind} *{suffix}: rules differ from examples/operator.yaml")
+    a, b = one(rendered, "Deployment"), one(example, "Deployment")
+    if a is None or b is None:
+        problems.append("Deployment: missing")
+    else:
+        pa, pb = a["spec"]["template"]["spec"], b["spec"]["template"]["spec"]
+        ca, cb = pa["containers"][0], pb["containers"][0]
+        for k in ("securityContext", "terminationGracePeriodSeconds"):
+            if pa.get(k) != pb.get(k):
+                problems.append(f"Deployment pod {k}: {pa.get(k)!r} != example {pb.get(k)!r}")
+        for k in ("image", "command", "livenessProbe", "readinessProbe", "resources", "securityContext"):
+            if ca.get(k) != cb.get(k):
+                problems.append(f"Deployment container {k}: {ca.get(k)!r} != example {cb.get(k)!r}")
+        if [(p["name"], p["containerPort"]) for p in ca["ports"]] != [(p["name"], p["containerPort"]) for p in cb["ports"]]:
+            problems.append(f"Deployment ports: {ca['ports']!r} != example {cb['ports']!r}")
+        env_a = {e["name"]: e for e in ca.get("env", [])}
+        for e in cb.get("env", []):
+            if env_a.get(e["name"]) != e:
+                problems.append(f"Deployment env {e['name']}: {env_a.get(e['name'])!r} != example {e!r}")
+        if not set(cb.get("args", [])) <= set(ca.get("args", [])):
+            problems.append(f"Deployment args: example's {cb.get('args')} not all in {ca.get('args')}")
+        if a["spec"]["replicas"] != b["spec"]["replicas"]:
+            problems.append("Deployment replicas differ from the example")
+    fail(problems, f"examples/operator.yaml vs {path}")
+    print("examples/operator.yaml: same RBAC rules, image, command, args, env, ports, probes, resources, "
+          "security contexts and replicas as the chart's defaults")
+
+
 def main(argv):
     if argv[:1] == ["dashboards"]:
         check_dashboards()
@@ -249,6 +297,8 @@ def main(argv):
         check_rules()
     elif argv[:1] == ["rendered"] and len(argv) == 2:
         check_rendered(argv[1])
+    elif argv[:1] == ["examples"] and len(argv) == 2:
+        check_examples(argv[1])
     else:
         print(__doc__, file=sys.stderr)
         return 2

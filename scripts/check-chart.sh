@@ -8,6 +8,8 @@
 #     monitoring objects and the KVCluster follow the APIs the cluster serves;
 #   - values.schema.json rejects wrong types, unknown keys and a second watched
 #     namespace (helm template must fail, on the schema);
+#   - the chart's operator matches examples/operator.yaml (RBAC rules, image,
+#     command, args, env, ports, probes, resources, security contexts);
 #   - CRD drift: files/crds/ is a byte copy of crds/raftkv.io_kvclusters.yaml
 #     and the rendered CRD equals it; the PrometheusRule is the rule file; the
 #     dashboard ConfigMaps are the JSON files; the JSON files are what
@@ -16,7 +18,7 @@
 #   - dashboards: valid JSON, schemaVersion >= 39, unit and description on
 #     every panel, every $variable defined; every metric in panel queries and
 #     alert expressions is one the node or operator registers
-#     (scripts/check-monitoring.py);
+#     (scripts/check-chart.py);
 #   - shellcheck of the chart's scripts, when shellcheck is installed.
 #
 # Tools: helm from $K8S_BIN, else ~/.cache/raftkv/k8s/<K8S_VERSION>/bin (make
@@ -172,9 +174,11 @@ if render "$default" 2>"$work/out"; then
 			assert c["image"] == "raftkv/raftkv-operator:0.1.0", c["image"]
 			assert d["spec"]["replicas"] == 2
 		EOF
-	check "template default: CRD keeps resource-policy keep, equals crds/raftkv.io_kvclusters.yaml" \
-		python3 "$repo/scripts/check-monitoring.py" rendered "$default"
+	check "template default: rendered CRD equals crds/raftkv.io_kvclusters.yaml (plus the chart's labels, keep annotation)" \
+		python3 "$repo/scripts/check-chart.py" rendered "$default"
 	check "template default: CRD has helm.sh/resource-policy: keep" grep -q 'helm.sh/resource-policy: keep' "$default"
+	check "template default: RBAC, image, command, args, env, ports, probes, security = examples/operator.yaml" \
+		python3 "$repo/scripts/check-chart.py" examples "$default"
 else
 	not_ok "helm template (default values)"
 fi
@@ -218,7 +222,7 @@ if render "$full" "${all_on[@]}" >"$work/out" 2>&1; then
 			assert kvc["spec"]["version"] == "0.1.0" and kvc["spec"]["replicas"] == 3, kvc["spec"]
 		EOF
 	check "template all-on: PrometheusRule = rules file, dashboard ConfigMaps = JSON files, CRD = crds/" \
-		python3 "$repo/scripts/check-monitoring.py" rendered "$full"
+		python3 "$repo/scripts/check-chart.py" rendered "$full"
 else
 	not_ok "helm template (every optional part on)"
 fi
@@ -256,6 +260,8 @@ refuse "kvcluster.enabled before the KVCluster CRD is served fails, saying how t
 	"helm upgrade .*kvcluster.enabled=true" \
 	template --set kvcluster.enabled=true
 check "kvcluster.enabled with raftkv.io/v1alpha1 served renders the KVCluster" kvcluster_with_api
+refuse "a KVCluster outside the one watched namespace fails" "operator watches only db" \
+	template --set kvcluster.enabled=true --set kvcluster.force=true --set "watchNamespaces={db}"
 check "crds.install=false renders no CRD; crds.keep=false drops the keep annotation" crd_switches
 
 # --- values.schema.json ------------------------------------------------------------
@@ -279,7 +285,7 @@ promtool_tests() { (cd "$chart/rules" && promtool test rules tests/*.yaml); }
 check "promtool check rules rules/raftkv-alerts.yaml" promtool check rules "$chart/rules/raftkv-alerts.yaml"
 check "promtool test rules rules/tests/*.yaml (each alert firing and not firing)" \
 	promtool_tests
-check "every alert fires in a promtool test" \
+check "every alert has a firing and a not-firing promtool case" \
 	python3 - "$chart/rules" <<-'EOF'
 		import glob, os, sys, yaml
 		rules = yaml.safe_load(open(os.path.join(sys.argv[1], "raftkv-alerts.yaml")))
@@ -293,11 +299,11 @@ check "every alert fires in a promtool test" \
 		assert not alerts - quiet, f"never tested not firing: {sorted(alerts - quiet)}"
 	EOF
 check "alerts: summary, description, runbook section, known metrics" \
-	python3 "$repo/scripts/check-monitoring.py" rules
+	python3 "$repo/scripts/check-chart.py" rules
 
 # --- dashboards ------------------------------------------------------------------
 check "dashboards: JSON, schemaVersion >= 39, unit + description, variables, known metrics" \
-	python3 "$repo/scripts/check-monitoring.py" dashboards
+	python3 "$repo/scripts/check-chart.py" dashboards
 
 # --- the scripts themselves ------------------------------------------------------
 if command -v shellcheck >/dev/null 2>&1; then
