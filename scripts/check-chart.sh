@@ -309,6 +309,8 @@ check "dashboards: JSON, schemaVersion >= 39, unit + description, variables, kno
 if command -v shellcheck >/dev/null 2>&1; then
 	check "shellcheck scripts/check-chart.sh scripts/install-monitoring.sh" \
 		shellcheck "$repo/scripts/check-chart.sh" "$repo/scripts/install-monitoring.sh"
+else
+	echo "skip shellcheck: not installed (scripts/install-deps.sh installs it)"
 fi
 
 echo
