@@ -15,6 +15,7 @@ first kind of failure with every offending item listed).
                                      chart's labels/annotations), the
                                      PrometheusRule is the rule file, the
                                      dashboard ConfigMaps hold the JSON files
+    check-chart.py readme            every value is in the chart README's table
     check-chart.py examples F        in `helm template` output F (default
                                      values): the operator's RBAC rules, image,
                                      command, ports, probes, resources,
@@ -290,6 +291,30 @@ def check_examples(path):
           "security contexts and replicas as the chart's defaults")
 
 
+def check_readme():
+    """Every value is in the chart README's table: top-level keys and, for
+    the chart's own objects, their keys (`parent.key` or `.key` shorthand)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    table = "\n".join(l for l in readme.splitlines() if l.startswith("| `"))
+    open_objects = {"podSecurityContext", "securityContext", "resources", "podAnnotations", "podLabels",
+                    "nodeSelector", "affinity"}
+    problems = []
+    for key, v in values.items():
+        if f"`{key}" not in table and f", `{key}" not in table:
+            problems.append(f"values.yaml key {key} is not in README.md's values table")
+        if isinstance(v, dict) and key not in open_objects:
+            for sub, w in v.items():
+                if isinstance(w, dict) and sub not in ("spec", "annotations", "labels"):
+                    for leaf in w:
+                        if f"{key}.{sub}.{leaf}" not in table and f"`.{leaf}`" not in table:
+                            problems.append(f"values.yaml key {key}.{sub}.{leaf} is not in README.md's values table")
+                elif f"`{key}.{sub}`" not in table and f"`{key}.{sub} " not in table and f"`.{sub}`" not in table:
+                    problems.append(f"values.yaml key {key}.{sub} is not in README.md's values table")
+    fail(problems, "chart README")
+    print(f"chart README: all {len(values)} top-level values and their keys are in the values table")
+
+
 def main(argv):
     if argv[:1] == ["dashboards"]:
         check_dashboards()
@@ -297,6 +322,8 @@ def main(argv):
         check_rules()
     elif argv[:1] == ["rendered"] and len(argv) == 2:
         check_rendered(argv[1])
+    elif argv[:1] == ["readme"]:
+        check_readme()
     elif argv[:1] == ["examples"] and len(argv) == 2:
         check_examples(argv[1])
     else:

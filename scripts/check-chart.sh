@@ -19,6 +19,7 @@
 #     every panel, every $variable defined; every metric in panel queries and
 #     alert expressions is one the node or operator registers
 #     (scripts/check-chart.py);
+#   - every value of values.yaml is in the chart README's values table;
 #   - shellcheck of the chart's scripts, when shellcheck is installed.
 #
 # Tools: helm from $K8S_BIN, else ~/.cache/raftkv/k8s/<K8S_VERSION>/bin (make
@@ -304,6 +305,8 @@ check "alerts: summary, description, runbook section, known metrics" \
 # --- dashboards ------------------------------------------------------------------
 check "dashboards: JSON, schemaVersion >= 39, unit + description, variables, known metrics" \
 	python3 "$repo/scripts/check-chart.py" dashboards
+
+check "chart README: every value is in the values table" python3 "$repo/scripts/check-chart.py" readme
 
 # --- the scripts themselves ------------------------------------------------------
 if command -v shellcheck >/dev/null 2>&1; then
