@@ -6,6 +6,8 @@
 #   make cluster-up / cluster-down, make crds, make e2e-kind: see mk/*.mk
 #   make local-cluster-down
 #   make bench           throughput/latency figures and failover time
+#   make check-chart     Helm chart, dashboards, alerts: lint, template, schema,
+#                        drift, promtool (part of make lint)
 #   make fuzz            every decoder of network/disk bytes under libFuzzer
 #                        (FUZZ_SECONDS each, default 60; corpora in fuzz/corpus)
 #   make robustness      every nemesis against real nodes, histories checked for
@@ -25,7 +27,7 @@ N ?= 3
 -include mk/operator.mk
 -include mk/kind.mk
 
-.PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench robustness fuzz
+.PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench robustness fuzz check-chart
 
 deps:
 	@bash scripts/install-deps.sh
@@ -36,7 +38,7 @@ deps:
 build: deps
 	cargo build --workspace --all-targets
 
-lint: deps check-kind
+lint: deps check-kind check-chart
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
@@ -66,6 +68,9 @@ bench: build
 
 # The whole robustness matrix (make test runs a bounded part of it). Needs
 # root, /dev/fuse (power-loss disks) and nftables (partitions).
+check-chart: k8s-bins
+	@bash scripts/check-chart.sh
+
 fuzz: deps
 	@bash scripts/fuzz.sh
 

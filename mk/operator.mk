@@ -12,6 +12,7 @@ OPERATOR_MK_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))/..
 crds: deps
 	cargo build --workspace --all-targets
 	$(CARGO_TARGET_DIR)/debug/crdgen > $(OPERATOR_MK_DIR)/crds/raftkv.io_kvclusters.yaml
+	cp $(OPERATOR_MK_DIR)/crds/raftkv.io_kvclusters.yaml $(OPERATOR_MK_DIR)/charts/raftkv-operator/files/crds/raftkv.io_kvclusters.yaml
 
 # The operator's scenario suite (tests named e2e_*) on the local control plane
 # with pods as real processes; the harness brings the cluster up if needed.

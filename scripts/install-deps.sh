@@ -24,3 +24,6 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# promtool (Debian's prometheus package) for the chart's alert checks (scripts/check-chart.sh).
+bash "$(dirname "${BASH_SOURCE[0]}")/install-monitoring.sh"
