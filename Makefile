@@ -9,7 +9,7 @@
 #   make check-chart     Helm chart, dashboards, alerts: lint, template, schema,
 #                        drift, promtool (part of make lint)
 #   make fuzz            every decoder of network/disk bytes under libFuzzer
-#                        (FUZZ_SECONDS each, default 60; corpora in fuzz/corpus)
+#                        (FUZZ_SECONDS each, default 60; fuzz/seeds, fuzz/corpus)
 #   make robustness      every nemesis against real nodes, histories checked for
 #                        linearizability, a summary table (RAFTKV_ROBUSTNESS_SECONDS each)
 

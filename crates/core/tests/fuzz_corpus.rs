@@ -1,42 +1,37 @@
-//! Replays the committed fuzz corpora (`fuzz/corpus/<target>/`) through the
-//! same checks the libFuzzer targets run (`make fuzz`), so every input a
-//! fuzzer kept, and every crash it found (saved there as a regression
-//! input), is checked by `make test` on a stable toolchain.
+//! Replays the committed fuzz inputs through the same checks the libFuzzer
+//! targets run (`make fuzz`), so `make test` checks on a stable toolchain
+//! every seed (`fuzz/seeds/<target>/`: valid encodings, written by
+//! [`write_seeds`]), every input a fuzzer kept (`fuzz/corpus/<target>/`,
+//! minimised) and every crash it found (saved there as a regression input).
 
 #[path = "../../../fuzz/checks.rs"]
 mod checks;
 
 use std::path::{Path, PathBuf};
 
-fn corpus_dir(target: &str) -> PathBuf {
+fn dir(kind: &str, target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
+        .join("../../fuzz")
+        .join(kind)
         .join(target)
 }
 
-#[test]
-fn every_fuzz_corpus_input_decodes_totally_and_round_trips() {
-    for (target, check) in checks::TARGETS {
-        let dir = corpus_dir(target);
-        let inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-            .map(|e| e.expect("a corpus entry").path())
-            .collect();
-        assert!(
-            inputs.iter().any(|p| is_seed(p)),
-            "{target}: the corpus has no seed inputs"
-        );
-        for input in inputs {
-            let data = std::fs::read(&input).expect("a corpus input");
-            check(&data);
-        }
-    }
+fn files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("a directory entry").path())
+        .collect()
 }
 
-fn is_seed(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("seed-"))
+#[test]
+fn every_fuzz_input_decodes_totally_and_round_trips() {
+    for (target, check) in checks::TARGETS {
+        let seeds = files(&dir("seeds", target));
+        assert!(!seeds.is_empty(), "{target}: no seed inputs");
+        for input in seeds.into_iter().chain(files(&dir("corpus", target))) {
+            check(&std::fs::read(&input).expect("an input"));
+        }
+    }
 }
 
 /// Every seed is a valid encoding its decoder accepts: the fuzzer starts
@@ -46,11 +41,7 @@ fn is_seed(p: &Path) -> bool {
 fn every_seed_is_accepted_by_its_decoder() {
     use raftkv_core::GroupId;
     for (target, _) in checks::TARGETS {
-        for entry in std::fs::read_dir(corpus_dir(target)).expect("corpus") {
-            let path = entry.expect("entry").path();
-            if !is_seed(&path) {
-                continue;
-            }
+        for path in files(&dir("seeds", target)) {
             let data = std::fs::read(&path).expect("seed");
             let accepted = match *target {
                 "command" => raftkv_core::command::Request::decode(&data).is_ok(),
@@ -68,18 +59,18 @@ fn every_seed_is_accepted_by_its_decoder() {
 }
 
 /// Writes the seed inputs (run by hand after a format change:
-/// `cargo test --workspace --all-targets --test fuzz_corpus -- --ignored`).
+/// `cargo test --workspace --all-targets -- --ignored write_seeds`).
 #[test]
-#[ignore = "writes the committed seed corpus"]
-fn write_seed_corpus() {
+#[ignore = "writes the committed seeds"]
+fn write_seeds() {
     use raftkv_core::GroupId;
     use raftkv_core::command::{Command, Expected, Request};
     use raftkv_core::record::ValueRecord;
     use raftkv_core::snapshot::{MAP_KEY, SnapshotWriter};
     let write = |target: &str, name: &str, data: &[u8]| {
-        let dir = corpus_dir(target);
-        std::fs::create_dir_all(&dir).expect("corpus dir");
-        std::fs::write(dir.join(format!("seed-{name}")), data).expect("write seed");
+        let dir = dir("seeds", target);
+        std::fs::create_dir_all(&dir).expect("seeds dir");
+        std::fs::write(dir.join(name), data).expect("write seed");
     };
     let map = checks::small_map();
     let request = |command| Request {
