@@ -334,4 +334,82 @@ mod tests {
         assert_eq!(budgets(0, usize::MAX).client, MIN_CLIENT_CONNECTIONS);
         assert_eq!(budgets(u64::MAX, 5).client, MIN_CLIENT_CONNECTIONS);
     }
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn listener(budget: usize, idle: Option<Duration>) -> (Listener, SocketAddr) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = tcp.local_addr().expect("address");
+        (Listener::new(tcp, "test", budget, idle), addr)
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_and_a_connection_past_the_budget_is_closed() {
+        let (mut l, addr) = listener(1, None).await;
+        let _first = TcpStream::connect(addr).await.expect("connect");
+        let (conn, _) = l.accept().await;
+        assert!(
+            conn.io.nodelay().expect("nodelay"),
+            "an accepted socket lacks TCP_NODELAY"
+        );
+
+        // The budget is spent: the next connection is closed on accept, and
+        // the one after it waits until the first is dropped.
+        let next = tokio::spawn(async move { l.accept().await });
+        let mut refused = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 1];
+        let n = refused.read(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0, "a connection past the budget was not closed");
+        let _third = TcpStream::connect(addr).await.expect("connect");
+        drop(conn);
+        let (conn, _) = tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("the freed slot was not reused")
+            .expect("accept task");
+        assert!(conn.io.nodelay().expect("nodelay"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_too_little_is_timed_out_and_one_that_sent_its_preface_is_not() {
+        let (mut l, addr) = listener(2, None).await;
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        let (mut conn, _) = l.accept().await;
+        slow.write_all(&[0u8; HANDSHAKE_BYTES - 1]).await.expect("write");
+        let mut buf = vec![0u8; 64];
+        let n = conn.read(&mut buf).await.expect("the first bytes");
+        assert_eq!(n, HANDSHAKE_BYTES - 1);
+        let e = conn.read(&mut buf).await.expect_err("no timeout after too few bytes");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+
+        let mut fine = TcpStream::connect(addr).await.expect("connect");
+        let (mut conn, _) = l.accept().await;
+        fine.write_all(&[0u8; HANDSHAKE_BYTES]).await.expect("write");
+        let mut got = 0;
+        while got < HANDSHAKE_BYTES {
+            got += conn.read(&mut buf).await.expect("the preface");
+        }
+        let quiet = tokio::time::timeout(HANDSHAKE_TIMEOUT * 3, conn.read(&mut buf)).await;
+        assert!(quiet.is_err(), "a connection past its handshake was closed: {quiet:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http_connection_is_closed_after_the_idle_timeout() {
+        let (mut l, addr) = listener(1, Some(HTTP_IDLE_TIMEOUT)).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let (mut conn, _) = l.accept().await;
+        client.write_all(&[b'G'; HANDSHAKE_BYTES]).await.expect("write");
+        let mut buf = vec![0u8; 64];
+        let mut got = 0;
+        while got < HANDSHAKE_BYTES {
+            got += conn.read(&mut buf).await.expect("the request");
+        }
+        let started = tokio::time::Instant::now();
+        let e = conn.read(&mut buf).await.expect_err("an idle connection stayed open");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() >= HTTP_IDLE_TIMEOUT,
+            "closed after {:?}",
+            started.elapsed()
+        );
+    }
 }
