@@ -6,7 +6,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["proto/kv.proto", "proto/admin.proto", "proto/peer.proto"],
+        &[
+            "proto/kv.proto",
+            "proto/admin.proto",
+            "proto/peer.proto",
+            "proto/etcd.proto",
+        ],
         &["proto"],
     )?;
     Ok(())

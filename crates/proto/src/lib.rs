@@ -18,6 +18,11 @@ pub mod admin {
 pub mod peer {
     tonic::include_proto!("raftkv.peer.v1");
 }
+/// A wire-compatible subset of etcd's v3 KV API, for `kvctl bench --backend
+/// etcd` only (see `proto/etcd.proto`).
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
 
 /// When a failed call may be sent again (to the same or another node): the
 /// one rule, shared by the node's forwarding and the client library.
