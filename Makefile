@@ -8,6 +8,8 @@
 #   make bench           throughput/latency figures and failover time
 #   make check-chart     Helm chart, dashboards, alerts: lint, template, schema,
 #                        drift, promtool (part of make lint)
+#   make check-prometheus  a real Prometheus scrapes a loaded local cluster: every
+#                        node dashboard query and alert expression returns data
 #   make fuzz            every decoder of network/disk bytes under libFuzzer
 #                        (FUZZ_SECONDS each, default 60; fuzz/seeds, fuzz/corpus)
 #   make robustness      every nemesis against real nodes, histories checked for
@@ -27,7 +29,7 @@ N ?= 3
 -include mk/operator.mk
 -include mk/kind.mk
 
-.PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench robustness fuzz check-chart
+.PHONY: deps build test test-rust lint demo local-cluster local-cluster-down bench robustness fuzz check-chart check-prometheus
 
 deps:
 	@bash scripts/install-deps.sh
@@ -45,7 +47,7 @@ lint: deps check-kind check-chart
 test-rust: build
 	cargo test --workspace -- --test-threads=2
 
-test: lint k8s-bins test-rust test-k8s
+test: lint k8s-bins test-rust test-k8s check-prometheus
 
 # The tests get a control plane of their own (its own state dir, pod network
 # slot and ports), so a `make demo` left running, whose operator watches every
@@ -70,6 +72,9 @@ bench: build
 # root, /dev/fuse (power-loss disks) and nftables (partitions).
 check-chart: k8s-bins
 	@bash scripts/check-chart.sh
+
+check-prometheus: build
+	@bash scripts/check-prometheus.sh
 
 fuzz: deps
 	@bash scripts/fuzz.sh

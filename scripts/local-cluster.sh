@@ -58,7 +58,7 @@ up() {
     done
     "$bin/kvctl" --admin-endpoints "$a" admin node-status >/dev/null || { echo "node at $a did not start; see $dir/logs" >&2; exit 1; }
   done
-  if "$bin/kvctl" --admin-endpoints "${admins[0]}" -o json admin node-status | grep -q '"joined": true'; then
+  if "$bin/kvctl" --admin-endpoints "${admins[0]}" -o json admin node-status | grep '"joined": true' >/dev/null; then
     echo "nodes already joined: not bootstrapping again"
   else
     "$bin/kvctl" --admin-endpoints "$eps" admin bootstrap --cluster-id local --shards "$shards" --replication-factor $((n < 3 ? n : 3))
