@@ -83,20 +83,35 @@ ticks() {
 }
 hz=$(getconf CLK_TCK)
 
+# Requests the raftkv nodes forwarded to a shard's leader so far.
+forwarded() {
+  python3 - "$RAFTKV_LOCAL_PORT_BASE" <<'EOF'
+import sys, urllib.request
+base, total = int(sys.argv[1]), 0.0
+for i in range(3):
+    body = urllib.request.urlopen(f"http://127.0.0.1:{base + 10 * i + 3}/metrics", timeout=5).read().decode()
+    total += sum(float(l.rsplit(" ", 1)[1]) for l in body.splitlines() if l.startswith("raftkv_server_forwarded_requests_total"))
+print(int(total))
+EOF
+}
+
 # row NAME SYSTEM kvctl-bench-args...: one measured run, appended to $rows.
 row() {
   local name=$1 system=$2 eps
   shift 2
   if [ "$system" = raftkv ]; then eps=$raftkv_eps; else eps=$etcd_eps; fi
   "$bin/kvctl" --endpoints "$eps" bench --backend "$system" --duration 2 "$@" >/dev/null
-  local t0 t1 json
+  local t0 t1 f0=0 f1=0 json
+  if [ "$system" = raftkv ]; then f0=$(forwarded); fi
   t0=$(ticks "$system")
   json=$("$bin/kvctl" -o json --endpoints "$eps" bench --backend "$system" --duration "$dur" "$@")
   t1=$(ticks "$system")
+  if [ "$system" = raftkv ]; then f1=$(forwarded); fi
   python3 -c "
 import json, sys
 r = json.loads(sys.argv[1]); r['row'] = sys.argv[2]; r['cpu_s'] = (int(sys.argv[4]) - int(sys.argv[3])) / int(sys.argv[5])
-print(json.dumps(r))" "$json" "$name" "$t0" "$t1" "$hz" >>"$rows"
+r['forwarded'] = int(sys.argv[7]) - int(sys.argv[6])
+print(json.dumps(r))" "$json" "$name" "$t0" "$t1" "$hz" "$f0" "$f1" >>"$rows"
 }
 
 for system in raftkv etcd; do
@@ -130,14 +145,15 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 by = {}
 for r in rows:
     by.setdefault(r["row"], {})[r["backend"]] = r
-print(f"{'workload':<30} {'raftkv ops/s':>12} {'p50/p99/p999 ms':>20} {'etcd ops/s':>11} {'p50/p99/p999 ms':>20} {'ratio':>6} {'CPU-s/100k raftkv/etcd':>24}")
+print(f"{'workload':<30} {'raftkv ops/s':>12} {'p50/p99/p999 ms':>20} {'etcd ops/s':>11} {'p50/p99/p999 ms':>20} {'ratio':>6} {'CPU-s/100k raftkv/etcd':>24} {'raftkv forwarded':>16}")
 for name, b in by.items():
     k, e = b["raftkv"], b["etcd"]
     lat = lambda r: f"{r['p50_ms']:.2f}/{r['p99_ms']:.2f}/{r['p999_ms']:.2f}"
     cpu = lambda r: r["cpu_s"] / max(r["ops"], 1) * 100_000
     errors = "" if k["errors"] == 0 and e["errors"] == 0 else f"  errors raftkv {k['errors']}, etcd {e['errors']}"
     print(f"{name:<30} {k['ops_per_sec']:>12.0f} {lat(k):>20} {e['ops_per_sec']:>11.0f} {lat(e):>20} "
-          f"{k['ops_per_sec'] / max(e['ops_per_sec'], 1e-9):>5.2f}x {cpu(k):>11.0f} / {cpu(e):<11.0f}{errors}")
+          f"{k['ops_per_sec'] / max(e['ops_per_sec'], 1e-9):>5.2f}x {cpu(k):>11.0f} / {cpu(e):<11.0f}"
+          f"{k['forwarded'] / max(k['ops'], 1):>16.0%}{errors}")
 EOF
 } | tee "$out"
 etcd_down

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub disk_full: IntGauge,
     pub draining: IntGauge,
     pub shards_hosted: IntGauge,
+    pub forwarded: IntCounterVec,
     pub connections: IntGaugeVec,
     pub connections_refused: IntCounterVec,
     pub connections_timed_out: IntCounterVec,
@@ -168,6 +169,11 @@ impl Metrics {
                 "1 while the node refuses leadership (drain mark set).",
             ),
             shards_hosted: int_gauge("raftkv_server_shards_hosted", "Shard replicas hosted by this node."),
+            forwarded: counter(
+                "raftkv_server_forwarded_requests_total",
+                "Client requests this node sent on to the shard's leader (it did not lead the shard), by operation.",
+                &["op"],
+            ),
             connections: {
                 let g = IntGaugeVec::new(
                     Opts::new("raftkv_network_connections", "Open connections by port."),

@@ -386,3 +386,40 @@ async fn sigterm_of_a_leader_hands_off_leadership_and_fails_no_request() {
         "client requests failed during SIGTERM: {errors:?}"
     );
 }
+
+/// A request that lands on a node not leading its shard costs an extra hop;
+/// the node counts each one it forwards, so the share of forwarded
+/// requests can be measured (`make bench`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_node_not_leading_its_shard_is_forwarded_and_counted() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.bootstrap(1, 3).await;
+    let leader_id = c.leaders().await[&0];
+    let leader = c.index_of(leader_id);
+    let follower = (leader + 1) % 3;
+    let forwarded = |c: &Cluster, i: usize, op: &str| {
+        c.nodes[i].metric(&format!("raftkv_server_forwarded_requests_total{{op=\"{op}\"}}"))
+    };
+    c.client_via(leader)
+        .put(b"k", b"1", 0)
+        .await
+        .expect("put via the leader");
+    assert_eq!(
+        forwarded(&c, leader, "put"),
+        0.0,
+        "the leader forwarded its own shard's put"
+    );
+    for _ in 0..3 {
+        c.client_via(follower)
+            .put(b"k", b"2", 0)
+            .await
+            .expect("put via a follower");
+    }
+    c.client_via(follower)
+        .get(b"k", Consistency::Linearizable, 0)
+        .await
+        .expect("get via a follower");
+    assert_eq!(forwarded(&c, follower, "put"), 3.0);
+    assert_eq!(forwarded(&c, follower, "get"), 1.0);
+    assert_eq!(forwarded(&c, leader, "put"), 0.0);
+}

@@ -47,6 +47,18 @@ enum Op {
     Scan(kv::ScanRequest),
 }
 
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Put(_) => "put",
+            Op::Get(_) => "get",
+            Op::Delete(_) => "delete",
+            Op::Cas(_) => "cas",
+            Op::Scan(_) => "scan",
+        }
+    }
+}
+
 enum Reply {
     Put(kv::PutResponse),
     Get(kv::GetResponse),
@@ -136,6 +148,7 @@ impl KvService {
                 .insert(HOP, tonic::metadata::MetadataValue::from_static("1"));
             r
         }
+        METRICS.forwarded.with_label_values(&[op.name()]).inc();
         let result = match op.clone() {
             Op::Put(r) => client.put(hop(r)).await.map(|r| Reply::Put(r.into_inner())),
             Op::Get(r) => client.get(hop(r)).await.map(|r| Reply::Get(r.into_inner())),
