@@ -309,6 +309,14 @@ impl Host {
     /// (its own replica's view, then the last hint it was given), else some
     /// replica that can redirect. Nodes in `avoid` (unreachable, or refused
     /// without a better hint during this request) are skipped.
+    /// The leader of `g` this node knows: its own replica's view, else the
+    /// last hint it was given.
+    pub fn known_leader(&self, g: GroupId) -> Option<NodeId> {
+        self.group(g)
+            .and_then(|group| group.current_leader())
+            .or_else(|| self.leader_hints.lock().expect("hint lock").get(&g).copied())
+    }
+
     pub fn leader_of(&self, g: GroupId, avoid: &[NodeId]) -> Result<Option<NodeId>, NodeError> {
         let ok = |n: &NodeId| !avoid.contains(n);
         if let Some(group) = self.group(g)

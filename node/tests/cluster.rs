@@ -423,3 +423,45 @@ async fn a_request_to_a_node_not_leading_its_shard_is_forwarded_and_counted() {
     assert_eq!(forwarded(&c, follower, "get"), 1.0);
     assert_eq!(forwarded(&c, leader, "put"), 0.0);
 }
+
+/// A client that has learned the routes sends key requests straight to
+/// each shard's leader: no node forwards any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sends_key_requests_straight_to_each_shards_leader() {
+    let c = three_nodes(&[]).await;
+    let forwarded = |c: &Cluster| -> f64 {
+        c.nodes
+            .iter()
+            .map(|n| n.metric("raftkv_server_forwarded_requests_total"))
+            .sum()
+    };
+    let client = c.client();
+    client.refresh_routes().await.expect("routes");
+    let before = forwarded(&c);
+    for i in 0..64 {
+        let key = format!("routed/{i}");
+        client.put(key.as_bytes(), b"v", 0).await.expect("put");
+        let got = client
+            .get(key.as_bytes(), Consistency::Linearizable, 0)
+            .await
+            .expect("get");
+        assert!(got.found);
+    }
+    assert_eq!(
+        forwarded(&c) - before,
+        0.0,
+        "requests were forwarded despite the routes"
+    );
+    // Through one node only, most of them are forwarded.
+    let pinned = c.client_via(0);
+    for i in 0..64 {
+        pinned
+            .put(format!("pinned/{i}").as_bytes(), b"v", 0)
+            .await
+            .expect("put");
+    }
+    assert!(
+        forwarded(&c) - before > 0.0,
+        "a pinned client's requests were not forwarded"
+    );
+}

@@ -303,7 +303,7 @@ async fn a_connection_flood_on_the_client_port_leaves_every_other_port_serving()
     c.wait_all_leaders(Duration::from_secs(30)).await;
     // Nodes forward client requests to a leader's client port over
     // long-lived connections; these are made before the flood.
-    let others = Client::new(&[c.nodes[1].client_ep(), c.nodes[2].client_ep()]).expect("client");
+    let others = Client::pinned(&[c.nodes[1].client_ep(), c.nodes[2].client_ep()]).expect("client");
     write_and_read_back_via(&others, "before-flood").await;
     let target: std::net::SocketAddr = c.nodes[0].client_ep().parse().expect("an address");
     let flood = tokio::task::spawn_blocking(move || {

@@ -136,7 +136,7 @@ async fn client_service(ns: &TestNamespace) -> anyhow::Result<Client> {
         .spec
         .and_then(|s| s.cluster_ip)
         .context("client Service has no ClusterIP")?;
-    let client = Client::new(&[format!("{ip}:2379")])?;
+    let client = Client::pinned(&[format!("{ip}:2379")])?;
     // kube-proxy programs a new Service's ClusterIP a moment after its
     // endpoints are ready (longer on a loaded machine): wait until it answers.
     ns.wait_until("the client Service to answer", T, || async {

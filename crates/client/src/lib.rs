@@ -2,10 +2,22 @@
 //! shard's leader, so the client only needs some node that answers: it tries
 //! the endpoints in turn when one is unreachable or refuses with a retry-safe
 //! answer (refused before anything was proposed).
+//!
+//! To save that hop, a [`Client`] also learns where each shard's leader is
+//! (the `Routes` call, refreshed every few seconds and after a refusal) and
+//! sends key requests straight there. A request sent straight to a node is
+//! answered exactly as if it had come through another node: the node still
+//! forwards it if it no longer leads. Only a retry-safe refusal (nothing was
+//! proposed) makes the client fall back to its endpoints, so routing never
+//! repeats a write that may have been applied. A leader address that cannot
+//! be reached (a cluster-internal name seen from outside) is skipped for a
+//! while.
 #![forbid(unsafe_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use raftkv_proto::admin::admin_client::AdminClient;
 use raftkv_proto::kv::kv_client::KvClient;
@@ -110,17 +122,182 @@ fn retryable(s: &tonic::Status) -> bool {
     raftkv_proto::retry::retry_safe(s)
 }
 
+/// How long learned routes are used before they are asked for again.
+const ROUTES_FRESH: Duration = Duration::from_secs(5);
+/// How long a leader address that could not be reached is skipped.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
+
+/// Each shard's leader, as a node told this client.
+struct Routes {
+    shard_count: u32,
+    /// Index = shard: the leader's client address, if known and reachable.
+    leaders: Vec<Option<String>>,
+    learned: Instant,
+}
+
+/// What a client knows about leaders, shared by its clones.
+#[derive(Default)]
+struct Router {
+    routes: RwLock<Option<Routes>>,
+    refreshing: AtomicBool,
+    channels: Mutex<HashMap<String, Channel>>,
+    unreachable: Mutex<HashMap<String, Instant>>,
+}
+
 /// KV calls.
 #[derive(Clone)]
 pub struct Client {
     pool: Pool,
+    /// `None`: every request goes through the endpoints (see [`Client::pinned`]).
+    router: Option<Arc<Router>>,
 }
 
 impl Client {
+    /// A client that sends key requests straight to shard leaders once it
+    /// has learned where they are, and through `endpoints` otherwise.
     pub fn new(endpoints: &[String]) -> Result<Self, ClientError> {
         Ok(Client {
             pool: Pool::new(endpoints)?,
+            router: Some(Arc::default()),
         })
+    }
+
+    /// A client that sends every request to `endpoints` only (the nodes
+    /// forward), e.g. to exercise one node's forwarding.
+    pub fn pinned(endpoints: &[String]) -> Result<Self, ClientError> {
+        Ok(Client {
+            pool: Pool::new(endpoints)?,
+            router: None,
+        })
+    }
+
+    /// Asks the endpoints where each shard's leader is, now. A leader
+    /// address is used only once a connection to it was made here, in the
+    /// background of requests, so an address this client cannot reach (or
+    /// resolve) never delays one.
+    pub async fn refresh_routes(&self) -> Result<(), ClientError> {
+        let Some(router) = &self.router else { return Ok(()) };
+        let r = self
+            .pool
+            .with_retry(|ch| async move { Self::kv(ch).routes(kv::RoutesRequest {}).await.map(|r| r.into_inner()) })
+            .await?;
+        let mut reachable = HashMap::new();
+        for address in r.leaders.iter().filter(|a| !a.is_empty()) {
+            if reachable.contains_key(address) {
+                continue;
+            }
+            reachable.insert(address.clone(), self.connect_to(router, address).await);
+        }
+        let leaders = (0..r.shard_count as usize)
+            .map(|s| r.leaders.get(s).filter(|a| reachable.get(*a) == Some(&true)).cloned())
+            .collect();
+        *router.routes.write().expect("routes lock") = Some(Routes {
+            shard_count: r.shard_count,
+            leaders,
+            learned: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Whether a channel to `address` is open (made now if need be), unless
+    /// it failed within [`UNREACHABLE_FOR`].
+    async fn connect_to(&self, router: &Router, address: &str) -> bool {
+        if router.channels.lock().expect("channel lock").contains_key(address) {
+            return true;
+        }
+        if router
+            .unreachable
+            .lock()
+            .expect("unreachable lock")
+            .get(address)
+            .is_some_and(|t| t.elapsed() < UNREACHABLE_FOR)
+        {
+            return false;
+        }
+        let Ok(endpoint) = Endpoint::from_shared(normalize(address)) else {
+            return false;
+        };
+        let endpoint = endpoint.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true);
+        match tokio::time::timeout(Duration::from_secs(2), endpoint.connect()).await {
+            Ok(Ok(ch)) => {
+                router
+                    .channels
+                    .lock()
+                    .expect("channel lock")
+                    .insert(address.to_string(), ch);
+                true
+            }
+            _ => {
+                router
+                    .unreachable
+                    .lock()
+                    .expect("unreachable lock")
+                    .insert(address.to_string(), Instant::now());
+                false
+            }
+        }
+    }
+
+    /// The channel to `key`'s shard leader, if known; starts a refresh in
+    /// the background when the routes are missing or old.
+    fn leader_channel(&self, key: &[u8]) -> Option<(String, Channel)> {
+        let router = self.router.as_ref()?;
+        let (address, stale) = {
+            let routes = router.routes.read().expect("routes lock");
+            match routes.as_ref() {
+                Some(r) => {
+                    let shard = raftkv_core::hash::shard_for_key(key, r.shard_count) as usize;
+                    (
+                        r.leaders.get(shard).cloned().flatten(),
+                        r.learned.elapsed() > ROUTES_FRESH,
+                    )
+                }
+                None => (None, true),
+            }
+        };
+        if stale && !router.refreshing.swap(true, Ordering::SeqCst) {
+            let client = self.clone();
+            tokio::spawn(async move {
+                let _ = client.refresh_routes().await;
+                if let Some(router) = &client.router {
+                    router.refreshing.store(false, Ordering::SeqCst);
+                }
+            });
+        }
+        let address = address?;
+        let ch = router.channels.lock().expect("channel lock").get(&address)?.clone();
+        Some((address, ch))
+    }
+
+    /// Forgets the routes after a refusal, and an address that could not be reached.
+    fn route_failed(&self, address: &str, s: &tonic::Status) {
+        let Some(router) = &self.router else { return };
+        if raftkv_proto::retry::never_connected(s) {
+            router.channels.lock().expect("channel lock").remove(address);
+            router
+                .unreachable
+                .lock()
+                .expect("unreachable lock")
+                .insert(address.to_string(), Instant::now());
+        }
+        *router.routes.write().expect("routes lock") = None;
+    }
+
+    /// Runs a key request on the key's shard leader when it is known, else
+    /// (or after a retry-safe refusal there) through the endpoints.
+    async fn keyed<T, F, Fut>(&self, key: &[u8], call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        if let Some((address, ch)) = self.leader_channel(key) {
+            match call(ch).await {
+                Ok(v) => return Ok(v),
+                Err(s) if retryable(&s) => self.route_failed(&address, &s),
+                Err(s) => return Err(s.into()),
+            }
+        }
+        self.pool.with_retry(call).await
     }
 
     fn kv(ch: Channel) -> KvClient<Channel> {
@@ -135,12 +312,11 @@ impl Client {
             value: value.to_vec(),
             ttl_seconds,
         };
-        self.pool
-            .with_retry(|ch| {
-                let r = req.clone();
-                async move { Self::kv(ch).put(r).await.map(|r| r.into_inner()) }
-            })
-            .await
+        self.keyed(key, |ch| {
+            let r = req.clone();
+            async move { Self::kv(ch).put(r).await.map(|r| r.into_inner()) }
+        })
+        .await
     }
 
     pub async fn get(
@@ -154,22 +330,20 @@ impl Client {
             consistency: consistency as i32,
             max_staleness_ms,
         };
-        self.pool
-            .with_retry(|ch| {
-                let r = req.clone();
-                async move { Self::kv(ch).get(r).await.map(|r| r.into_inner()) }
-            })
-            .await
+        self.keyed(key, |ch| {
+            let r = req.clone();
+            async move { Self::kv(ch).get(r).await.map(|r| r.into_inner()) }
+        })
+        .await
     }
 
     pub async fn delete(&self, key: &[u8]) -> Result<kv::DeleteResponse, ClientError> {
         let req = kv::DeleteRequest { key: key.to_vec() };
-        self.pool
-            .with_retry(|ch| {
-                let r = req.clone();
-                async move { Self::kv(ch).delete(r).await.map(|r| r.into_inner()) }
-            })
-            .await
+        self.keyed(key, |ch| {
+            let r = req.clone();
+            async move { Self::kv(ch).delete(r).await.map(|r| r.into_inner()) }
+        })
+        .await
     }
 
     pub async fn scan(&self, req: kv::ScanRequest) -> Result<kv::ScanResponse, ClientError> {
@@ -185,12 +359,12 @@ impl Client {
         &self,
         req: kv::CompareAndSetRequest,
     ) -> Result<kv::CompareAndSetResponse, ClientError> {
-        self.pool
-            .with_retry(|ch| {
-                let r = req.clone();
-                async move { Self::kv(ch).compare_and_set(r).await.map(|r| r.into_inner()) }
-            })
-            .await
+        let key = req.key.clone();
+        self.keyed(&key, |ch| {
+            let r = req.clone();
+            async move { Self::kv(ch).compare_and_set(r).await.map(|r| r.into_inner()) }
+        })
+        .await
     }
 }
 

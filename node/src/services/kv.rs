@@ -473,6 +473,28 @@ impl Kv for KvService {
         .await
     }
 
+    async fn routes(&self, _request: Request<kv::RoutesRequest>) -> Result<Response<kv::RoutesResponse>, Status> {
+        timed("routes", async {
+            self.check_serving()?;
+            let map = self.host.map().ok_or(NodeError::NotJoined)?;
+            let leaders = (0..map.shard_count)
+                .map(|s| {
+                    self.host
+                        .known_leader(GroupId::Shard(s))
+                        .and_then(|id| map.node(id).ok())
+                        .map(|a| format!("{}:{}", a.host, a.client_port))
+                        .unwrap_or_default()
+                })
+                .collect();
+            Ok(kv::RoutesResponse {
+                shard_count: map.shard_count,
+                leaders,
+                map_version: map.version,
+            })
+        })
+        .await
+    }
+
     async fn get(&self, request: Request<kv::GetRequest>) -> Result<Response<kv::GetResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let r = request.into_inner();

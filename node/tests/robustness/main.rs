@@ -182,7 +182,13 @@ async fn run(plan: Plan) -> (Report, Cluster) {
     };
     let mut clients = Vec::new();
     for id in 0..plan.clients as u64 {
-        let client = c.client_from(id as usize);
+        // Half the clients go straight to shard leaders, half through one
+        // node each, so both the direct and the forwarded path meet the faults.
+        let client = if id % 2 == 0 {
+            c.client_from(id as usize)
+        } else {
+            c.client_pinned_from(id as usize)
+        };
         clients.push(tokio::spawn(work.clone().client_loop(
             id,
             client,

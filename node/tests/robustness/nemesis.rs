@@ -220,7 +220,7 @@ impl Injector {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let Ok(client) = raftkv_client::Client::new(std::slice::from_ref(&endpoint)) else {
+        let Ok(client) = raftkv_client::Client::pinned(std::slice::from_ref(&endpoint)) else {
             return;
         };
         let readers = self.work.keys.iter().enumerate().map(|(k, key)| {

@@ -398,14 +398,26 @@ impl Cluster {
     /// A client whose first choice is node `i` (then the others in turn), so
     /// many clients spread over the nodes.
     pub fn client_from(&self, i: usize) -> Client {
+        Client::new(&self.eps_from(i)).expect("client")
+    }
+
+    /// Like [`Cluster::client_from`], but never straight to a leader: every
+    /// request goes to node `i` first (then the others), which forward.
+    pub fn client_pinned_from(&self, i: usize) -> Client {
+        Client::pinned(&self.eps_from(i)).expect("client")
+    }
+
+    fn eps_from(&self, i: usize) -> Vec<String> {
         let mut eps = self.client_eps();
         let n = eps.len().max(1);
         eps.rotate_left(i % n);
-        Client::new(&eps).expect("client")
+        eps
     }
 
+    /// A client whose every request goes to node `i` (which forwards what
+    /// it does not lead), never straight to a leader.
     pub fn client_via(&self, i: usize) -> Client {
-        Client::new(&[self.nodes[i].client_ep()]).expect("client")
+        Client::pinned(&[self.nodes[i].client_ep()]).expect("client")
     }
 
     pub fn admin(&self) -> Admin {
