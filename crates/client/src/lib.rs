@@ -135,6 +135,23 @@ struct Routes {
     learned: Instant,
 }
 
+/// The routes a `Routes` reply describes, keeping the leader addresses
+/// `usable` accepts; `None` for a reply no valid cluster sends (no shards,
+/// or more than a cluster map may have), so a bad reply routes nothing.
+fn routes_from(r: &kv::RoutesResponse, usable: impl Fn(&str) -> bool) -> Option<Routes> {
+    if r.shard_count == 0 || r.shard_count > raftkv_core::map::MAX_SHARDS {
+        return None;
+    }
+    let leaders = (0..r.shard_count as usize)
+        .map(|s| r.leaders.get(s).filter(|a| !a.is_empty() && usable(a)).cloned())
+        .collect();
+    Some(Routes {
+        shard_count: r.shard_count,
+        leaders,
+        learned: Instant::now(),
+    })
+}
+
 /// What a client knows about leaders, shared by its clones.
 #[derive(Default)]
 struct Router {
@@ -182,20 +199,14 @@ impl Client {
             .with_retry(|ch| async move { Self::kv(ch).routes(kv::RoutesRequest {}).await.map(|r| r.into_inner()) })
             .await?;
         let mut reachable = HashMap::new();
-        for address in r.leaders.iter().filter(|a| !a.is_empty()) {
+        let shards = r.shard_count.min(raftkv_core::map::MAX_SHARDS) as usize;
+        for address in r.leaders.iter().take(shards).filter(|a| !a.is_empty()) {
             if reachable.contains_key(address) {
                 continue;
             }
             reachable.insert(address.clone(), self.connect_to(router, address).await);
         }
-        let leaders = (0..r.shard_count as usize)
-            .map(|s| r.leaders.get(s).filter(|a| reachable.get(*a) == Some(&true)).cloned())
-            .collect();
-        *router.routes.write().expect("routes lock") = Some(Routes {
-            shard_count: r.shard_count,
-            leaders,
-            learned: Instant::now(),
-        });
+        *router.routes.write().expect("routes lock") = routes_from(&r, |a| reachable.get(a) == Some(&true));
         Ok(())
     }
 
@@ -542,5 +553,23 @@ mod tests {
             "a message that mentions connecting is not a connect error"
         );
         assert!(!retry_safe(&worded));
+    }
+
+    /// A `Routes` reply is bytes from the network: one that names no shards
+    /// or more than a map may hold routes nothing (the shard hash would
+    /// panic on zero), and only usable, non-empty leader addresses are kept.
+    #[test]
+    fn a_routes_reply_no_cluster_sends_routes_nothing() {
+        use raftkv_proto::kv::RoutesResponse;
+        let reply = |shard_count, leaders: &[&str]| RoutesResponse {
+            shard_count,
+            leaders: leaders.iter().map(|s| s.to_string()).collect(),
+            map_version: 1,
+        };
+        assert!(super::routes_from(&reply(0, &["a:1"]), |_| true).is_none());
+        assert!(super::routes_from(&reply(raftkv_core::map::MAX_SHARDS + 1, &[]), |_| true).is_none());
+        let r = super::routes_from(&reply(3, &["a:1", "", "b:2", "c:3"]), |a| a != "b:2").expect("valid");
+        assert_eq!(r.shard_count, 3);
+        assert_eq!(r.leaders, vec![Some("a:1".to_string()), None, None]);
     }
 }
