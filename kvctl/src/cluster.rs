@@ -99,7 +99,7 @@ fn shard_json(s: &admin::ShardStatus) -> serde_json::Value {
         "shard": if s.meta { json!("meta") } else { json!(s.shard) }, "role": s.role, "term": s.term, "leader": s.leader,
         "last_log_index": s.last_log_index, "committed_index": s.committed_index, "applied_index": s.applied_index,
         "snapshot_index": s.snapshot_index, "purged_index": s.purged_index, "voters": s.voters, "learners": s.learners,
-        "lag": s.lag,
+        "lag": s.lag, "replica_id": s.replica_id,
         "progress": s.progress.iter().map(|p| json!({"node": p.node_id, "matched": p.matched_index, "lag": p.lag, "voter": p.voter})).collect::<Vec<_>>(),
     })
 }
@@ -122,7 +122,12 @@ pub async fn cluster(cmd: &ClusterCmd, admin: &Admin, out: Output) -> anyhow::Re
                 "cluster_id": map.cluster_id, "version": map.version, "shard_count": map.shard_count,
                 "replication_factor": map.replication_factor, "meta_voters": map.meta_voters,
                 "nodes": map.nodes.iter().map(|n| json!({"id": n.node_id, "host": n.host, "client_port": n.client_port, "peer_port": n.peer_port, "admin_port": n.admin_port})).collect::<Vec<_>>(),
-                "shards": map.shards.iter().map(|s| json!({"shard": s.shard, "voters": s.voters, "learners": s.learners})).collect::<Vec<_>>(),
+                "next_replica_id": map.next_replica_id,
+                "shards": map.shards.iter().map(|s| json!({
+                    "shard": s.shard, "voters": s.voters, "learners": s.learners,
+                    "replica_ids": s.replica_ids.iter().map(|(n, r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
+                    "pending": s.pending.iter().map(|(n, r)| (n.to_string(), json!(r))).collect::<serde_json::Map<_, _>>(),
+                })).collect::<Vec<_>>(),
             })),
             Output::Text => {
                 println!(

@@ -146,10 +146,14 @@ impl Host {
             host.publish_map(Arc::new(m.clone()));
         }
         for g in engine.groups()? {
-            if engine.is_tombstoned(g)? {
+            let replica = engine.replica_id(g)?.unwrap_or(node_id);
+            if let Some(gone) = engine.tombstone(g, node_id)?
+                && replica <= gone
+            {
+                tracing::warn!(group = %g, replica, destroyed = gone, "not opening the data of a destroyed incarnation");
                 continue;
             }
-            host.open_group(g).await?;
+            host.open_group(g, replica).await?;
         }
         if let Some(m) = joined
             && engine.node_record(node_tag::JOIN_DONE)?.is_none()
@@ -183,6 +187,7 @@ impl Host {
     /// Adopts `map` if it is newer than the one this node has.
     pub fn publish_map(&self, map: Arc<ClusterMap>) {
         self.pool.set_addresses(&map.nodes);
+        self.pool.learn_replicas(&map);
         self.pool.set_cluster_id(&map.cluster_id);
         self.map_tx.send_if_modified(|cur| match cur {
             Some(c) if c.version >= map.version => false,
@@ -271,19 +276,20 @@ impl Host {
         // no history anywhere until it does (`initialize` refuses a replica
         // that has one).
         let seed = map.version == 1;
-        let meta = self.open_group(GroupId::Meta).await?;
+        let meta = self.open_group(GroupId::Meta, self.id).await?;
         if seed && map.meta_voters.first() == Some(&self.id) {
             initialize(&meta.raft, &map.meta_voters).await?;
         }
         for s in map.shards_on(self.id) {
             let g = GroupId::Shard(s);
-            if self.engine.is_tombstoned(g)? {
+            let replicas = map.replicas(s).expect("shards_on returns known shards");
+            let replica = replicas.replica_on(self.id).expect("shards_on lists members");
+            if self.engine.tombstone(g, self.id)?.is_some_and(|gone| replica <= gone) {
                 continue; // moved away and destroyed since
             }
-            let replicas = map.replicas(s).expect("shards_on returns known shards");
-            let group = self.open_group(g).await?;
+            let group = self.open_group(g, replica).await?;
             if seed && replicas.voters.first() == Some(&self.id) {
-                initialize(&group.raft, &replicas.voters).await?;
+                initialize(&group.raft, &replicas.voter_ids()).await?;
             }
         }
         self.engine.put_node_record(node_tag::JOIN_DONE, Some(&[])).await?;
@@ -313,14 +319,14 @@ impl Host {
     /// last hint it was given.
     pub fn known_leader(&self, g: GroupId) -> Option<NodeId> {
         self.group(g)
-            .and_then(|group| group.current_leader())
+            .and_then(|group| group.leader_node())
             .or_else(|| self.leader_hints.lock().expect("hint lock").get(&g).copied())
     }
 
     pub fn leader_of(&self, g: GroupId, avoid: &[NodeId]) -> Result<Option<NodeId>, NodeError> {
         let ok = |n: &NodeId| !avoid.contains(n);
         if let Some(group) = self.group(g)
-            && let Some(l) = group.current_leader().filter(ok)
+            && let Some(l) = group.leader_node().filter(ok)
         {
             return Ok(Some(l));
         }
@@ -415,7 +421,7 @@ impl Host {
                 Err(match e {
                     RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader {
                         group: g,
-                        leader: f.leader_id,
+                        leader: f.leader_id.and_then(|r| group.node_of(r)),
                     },
                     RaftError::APIError(other) => NodeError::Ambiguous(other.to_string()),
                     RaftError::Fatal(f) => NodeError::Raft(f.to_string()),
@@ -505,7 +511,7 @@ impl Host {
             }
             still.push(g.id);
             let (last, views) = g.voter_views();
-            let best = leadership::transfer_target(self.id, last, &views, &[]);
+            let best = leadership::transfer_target(g.replica, last, &views, &[]);
             if let Some(to) = best
                 && let Err(e) = g.raft.trigger().transfer_leader(to).await
             {

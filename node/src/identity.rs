@@ -37,10 +37,17 @@ pub fn load_or_create(dir: &Path) -> Result<(Identity, bool), IdentityError> {
     let path = dir.join(FILE);
     if path.exists() {
         let bytes = std::fs::read(&path)?;
-        let id = raftkv_core::codec::decode("identity", FORMAT, &bytes).map_err(|e| IdentityError::Corrupt {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let id: Identity =
+            raftkv_core::codec::decode("identity", FORMAT, &bytes).map_err(|e| IdentityError::Corrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        if id.node_id == 0 || id.node_id > raftkv_core::MAX_NODE_ID {
+            return Err(IdentityError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("node id {} is outside 1..={}", id.node_id, raftkv_core::MAX_NODE_ID),
+            });
+        }
         return Ok((id, false));
     }
     // Anything but our own leftovers means this is not a fresh directory.
@@ -52,7 +59,7 @@ pub fn load_or_create(dir: &Path) -> Result<(Identity, bool), IdentityError> {
     }
     let id = Identity {
         // Never 0 (reserved); 63 bits so it prints the same signed or unsigned.
-        node_id: rand::random_range(1..=i64::MAX as u64),
+        node_id: rand::random_range(1..=raftkv_core::MAX_NODE_ID),
         created_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -99,6 +106,17 @@ mod tests {
             Err(IdentityError::MissingIdentity(_))
         ));
         std::fs::write(d.path().join(FILE), b"\x09junk").unwrap();
+        assert!(matches!(load_or_create(d.path()), Err(IdentityError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn an_identity_file_naming_an_id_in_the_replica_id_range_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let id = Identity {
+            node_id: raftkv_core::map::FIRST_REPLICA_ID,
+            created_at: 1,
+        };
+        std::fs::write(d.path().join(FILE), raftkv_core::codec::encode(FORMAT, &id)).unwrap();
         assert!(matches!(load_or_create(d.path()), Err(IdentityError::Corrupt { .. })));
     }
 }

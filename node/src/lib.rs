@@ -17,7 +17,7 @@
 //! - [`host`]: the node's state: its groups, the cluster map, joins, proposals.
 //! - [`raft`]: openraft wiring: type config, the peer client, a group's lifecycle.
 //! - [`storage`]: the log, state machines and snapshots over one RocksDB.
-//! - [`upkeep`]: periodic work (expiry sweeps, disk watch, metadata membership).
+//! - [`upkeep`]: periodic work (expiry sweeps, disk watch, metadata membership, replica GC).
 //!
 //! # Why openraft `=0.10.0-alpha.37`
 //!
@@ -180,6 +180,10 @@ pub async fn run(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<
         let host = host.clone();
         async move { host.sweep_expired().await }
     });
+    let collector = tokio::spawn({
+        let host = host.clone();
+        async move { host.collect_replicas().await }
+    });
     tracing::info!(
         client = config.client_port,
         peer = config.peer_port,
@@ -204,6 +208,7 @@ pub async fn run(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<
     servers_stop.cancel();
     let _ = upkeep.await;
     let _ = sweeper.await;
+    let _ = collector.await;
     servers.await??;
     Ok(())
 }

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub draining: IntGauge,
     pub shards_hosted: IntGauge,
     pub forwarded: IntCounterVec,
+    pub replicas_collected: IntCounterVec,
     pub connections: IntGaugeVec,
     pub connections_refused: IntCounterVec,
     pub connections_timed_out: IntCounterVec,
@@ -174,6 +175,11 @@ impl Metrics {
                 "Client requests this node sent on to the shard's leader (it did not lead the shard), by operation.",
                 &["op"],
             ),
+            replicas_collected: counter(
+                "raftkv_server_replicas_collected_total",
+                "Replicas this node deleted because the shard's leader confirmed they had left the shard (replica GC), by shard.",
+                &["shard"],
+            ),
             connections: {
                 let g = IntGaugeVec::new(
                     Opts::new("raftkv_network_connections", "Open connections by port."),
@@ -222,7 +228,12 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn group(&self, g: GroupId, m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>, self_id: u64) {
+    pub fn group(
+        &self,
+        g: GroupId,
+        m: &openraft::RaftMetrics<crate::raft::types::TypeConfig>,
+        replica: raftkv_core::ReplicaId,
+    ) {
         let l = shard_label(g);
         let l = [l.as_str()];
         self.has_leader
@@ -230,7 +241,7 @@ impl Metrics {
             .set(m.current_leader.is_some() as i64);
         self.is_leader
             .with_label_values(&l)
-            .set((m.current_leader == Some(self_id)) as i64);
+            .set((m.current_leader == Some(replica)) as i64);
         let committed = m.local_committed.as_ref().map_or(0, |c| c.index);
         let applied = m.last_applied.as_ref().map_or(0, |c| c.index);
         self.proposals_committed.with_label_values(&l).set(committed as i64);

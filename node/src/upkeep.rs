@@ -1,5 +1,6 @@
 //! The node's periodic work: metrics, the drain mark, disk space, metadata
-//! membership for every node of the map, and reclaiming expired keys.
+//! membership for every node of the map, reclaiming expired keys, and
+//! deleting replicas that left their shard (replica GC).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -10,12 +11,19 @@ use openraft::{ChangeMembers, EmptyNode, ServerState};
 use raftkv_core::command::{Command, Response};
 use raftkv_core::{GroupId, NodeId};
 
+use crate::error::NodeError;
 use crate::host::{Host, fs_free_bytes, now_ms};
 use crate::metrics::METRICS;
+use crate::routing::{self, Target};
+use raftkv_proto::peer;
 
 /// How long one upkeep membership change (a metadata learner added or
 /// removed) may wait for its commit before the next tick tries again.
 const UPKEEP_CHANGE_WITHIN: Duration = Duration::from_secs(5);
+/// How often a node looks for replicas it hosts that left their shard.
+const REPLICA_GC_EVERY: Duration = Duration::from_secs(10);
+/// How long one replica GC check may take to find and ask a shard's leader.
+const REPLICA_GC_CHECK_WITHIN: Duration = Duration::from_secs(5);
 /// Records one expiry sweep of a shard reads, at most.
 const EXPIRY_SWEEP_RECORDS: usize = 10_000;
 /// Sweep ticks a shard rests after a whole pass over it found nothing
@@ -46,7 +54,7 @@ impl Host {
             }
             for g in self.groups() {
                 let m = g.metrics();
-                METRICS.group(g.id, &m, self.id);
+                METRICS.group(g.id, &m, g.replica);
                 let prev = last_leaders.insert(g.id, m.current_leader);
                 if let Some(prev) = prev
                     && prev != m.current_leader
@@ -80,7 +88,7 @@ impl Host {
                 continue;
             }
             for g in self.groups() {
-                if g.id == GroupId::Meta || g.current_leader() != Some(self.id) {
+                if g.id == GroupId::Meta || !g.is_leader() {
                     continue;
                 }
                 let sweep = sweeps.entry(g.id).or_default();
@@ -146,6 +154,80 @@ impl Host {
                 }
             }
             METRICS.disk_full.set(full as i64);
+        }
+    }
+
+    /// Replica GC: a replica this node hosts but its map does not place
+    /// here (removed while the node was down, or its `DestroyReplica` was
+    /// lost) is deleted once the shard's leader confirms it left the shard
+    /// for good ([`raftkv_core::safety::check_replica_gone`]). Without that
+    /// answer, it stays.
+    pub async fn collect_replicas(self: &Arc<Self>) {
+        // Not at start-up: the map is caught up first.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + REPLICA_GC_EVERY, REPLICA_GC_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(map) = self.map() else { continue };
+            for g in self.groups() {
+                let GroupId::Shard(shard) = g.id else { continue };
+                if map.replica_on(shard, self.id) == Some(g.replica) || g.is_leader() {
+                    continue;
+                }
+                match self.replica_gone(&g, &map.cluster_id).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            shard,
+                            replica = g.replica,
+                            "deleting a replica that left its shard (confirmed by the leader)"
+                        );
+                        match self.destroy_group(g.id, g.replica).await {
+                            Ok(()) => METRICS
+                                .replicas_collected
+                                .with_label_values(&[&shard.to_string()])
+                                .inc(),
+                            Err(e) => {
+                                tracing::warn!(shard, replica = g.replica, error = %e, "could not delete a replica that left its shard")
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        tracing::debug!(shard, replica = g.replica, %why, "keeping a replica the map does not place here");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks `g`'s leader whether this node's replica of it is gone.
+    async fn replica_gone(&self, g: &crate::host::Group, cluster_id: &str) -> Result<(), String> {
+        let ask = routing::on_leader(self, g.id, false, REPLICA_GC_CHECK_WITHIN, |target| async move {
+            let Target::Node(n) = target else {
+                return Err(NodeError::NotLeader {
+                    group: g.id,
+                    leader: None,
+                }
+                .into());
+            };
+            let mut client = self.pool.client(n).map_err(|e| NodeError::Peer(e.to_string()))?;
+            let reply = client
+                .check_replica(peer::CheckReplicaRequest {
+                    target_node: n,
+                    cluster_id: cluster_id.to_string(),
+                    group: g.id.to_raw(),
+                    replica_id: g.replica,
+                })
+                .await?;
+            Ok::<_, tonic::Status>(reply.into_inner())
+        })
+        .await;
+        match ask {
+            Ok(r) if r.gone => Ok(()),
+            Ok(r) => Err(r.reason),
+            Err(s) => Err(s.message().to_string()),
         }
     }
 

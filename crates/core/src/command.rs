@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::map::{ClusterMap, MapError};
+use crate::map::{ClusterMap, MapError, MapV1};
 use crate::record::ValueRecord;
 use crate::{GroupId, codec, limits};
 
@@ -23,7 +23,10 @@ pub enum Expected {
     Version(u64),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A log entry's command. Its serde form is [`CommandWire`]: a map that has
+/// allocated no replica id travels in the format-1 variants, so nodes of the
+/// previous release read it; any other map in variants they do not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Put {
         key: Vec<u8>,
@@ -53,6 +56,140 @@ pub enum Command {
     Expire {
         keys: Vec<Vec<u8>>,
     },
+}
+
+/// The wire form of [`Command`], in variant order (postcard writes the
+/// index): the first six are the format the previous release reads, and
+/// stay as they are.
+#[derive(Serialize)]
+enum CommandRef<'a> {
+    Put {
+        key: &'a [u8],
+        value: &'a [u8],
+        ttl_ms: Option<u64>,
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    Cas {
+        key: &'a [u8],
+        expected: Expected,
+        value: Option<&'a [u8]>,
+        ttl_ms: Option<u64>,
+    },
+    InitMap(MapV1),
+    UpdateMap {
+        expected_version: u64,
+        map: MapV1,
+    },
+    Expire {
+        keys: &'a [Vec<u8>],
+    },
+    InitMapV2(&'a ClusterMap),
+    UpdateMapV2 {
+        expected_version: u64,
+        map: &'a ClusterMap,
+    },
+}
+
+/// What [`CommandRef`] writes, read back.
+#[derive(Deserialize)]
+enum CommandWire {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Cas {
+        key: Vec<u8>,
+        expected: Expected,
+        value: Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+    },
+    InitMap(MapV1),
+    UpdateMap {
+        expected_version: u64,
+        map: MapV1,
+    },
+    Expire {
+        keys: Vec<Vec<u8>>,
+    },
+    InitMapV2(ClusterMap),
+    UpdateMapV2 {
+        expected_version: u64,
+        map: ClusterMap,
+    },
+}
+
+impl Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let wire = match self {
+            Command::Put { key, value, ttl_ms } => CommandRef::Put {
+                key,
+                value,
+                ttl_ms: *ttl_ms,
+            },
+            Command::Delete { key } => CommandRef::Delete { key },
+            Command::Cas {
+                key,
+                expected,
+                value,
+                ttl_ms,
+            } => CommandRef::Cas {
+                key,
+                expected: *expected,
+                value: value.as_deref(),
+                ttl_ms: *ttl_ms,
+            },
+            Command::InitMap(map) => match map.as_v1() {
+                Some(v1) => CommandRef::InitMap(v1),
+                None => CommandRef::InitMapV2(map),
+            },
+            Command::UpdateMap { expected_version, map } => match map.as_v1() {
+                Some(v1) => CommandRef::UpdateMap {
+                    expected_version: *expected_version,
+                    map: v1,
+                },
+                None => CommandRef::UpdateMapV2 {
+                    expected_version: *expected_version,
+                    map,
+                },
+            },
+            Command::Expire { keys } => CommandRef::Expire { keys },
+        };
+        wire.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match CommandWire::deserialize(d)? {
+            CommandWire::Put { key, value, ttl_ms } => Command::Put { key, value, ttl_ms },
+            CommandWire::Delete { key } => Command::Delete { key },
+            CommandWire::Cas {
+                key,
+                expected,
+                value,
+                ttl_ms,
+            } => Command::Cas {
+                key,
+                expected,
+                value,
+                ttl_ms,
+            },
+            CommandWire::InitMap(v1) => Command::InitMap(v1.into()),
+            CommandWire::InitMapV2(map) => Command::InitMap(map),
+            CommandWire::UpdateMap { expected_version, map } => Command::UpdateMap {
+                expected_version,
+                map: map.into(),
+            },
+            CommandWire::UpdateMapV2 { expected_version, map } => Command::UpdateMap { expected_version, map },
+            CommandWire::Expire { keys } => Command::Expire { keys },
+        })
+    }
 }
 
 /// Most keys one [`Command::Expire`] may name.

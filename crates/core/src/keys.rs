@@ -27,6 +27,8 @@ pub mod tag {
     pub const CLUSTER_MAP: u8 = 6;
     /// A snapshot install that began but did not finish; replayed at start-up.
     pub const PENDING_INSTALL: u8 = 7;
+    /// The replica's Raft id (8 bytes, big-endian), when it is not the node id.
+    pub const REPLICA_ID: u8 = 8;
 }
 
 /// Node-level records (not of any group) in [`CF_STATE`], under a prefix no
@@ -36,7 +38,9 @@ pub mod node_tag {
     pub const JOINED: u8 = 1;
     /// The persistent "drain leaders" mark.
     pub const DRAIN: u8 = 2;
-    /// `[prefix][TOMBSTONE][group:4]`: a replica removed from this node; never recreated.
+    /// `[prefix][TOMBSTONE][group:4]`: the highest replica id of the group
+    /// destroyed on this node (8 bytes, big-endian; the 1-byte value older
+    /// releases wrote means the node id). Only a higher one is created here.
     pub const TOMBSTONE: u8 = 3;
     /// The join finished: every replica the joined map placed here was opened
     /// and the ones this node seeds were initialised. A node that has

@@ -35,8 +35,17 @@ pub mod snapshot;
 
 pub use codec::CodecError;
 
-/// A node's Raft identity. Created with the data directory, never reused.
+/// A node's identity. Created with the data directory, never reused; it is
+/// the Raft id of the node's metadata replica and of the shard replicas
+/// placed at bootstrap.
 pub type NodeId = u64;
+
+/// Highest node id: node ids stay below 2^63, where allocated replica ids
+/// ([`map::FIRST_REPLICA_ID`]) start.
+pub const MAX_NODE_ID: NodeId = i64::MAX as u64;
+
+/// The Raft id of one incarnation of a shard replica (see [`map`]).
+pub type ReplicaId = u64;
 
 /// Index of a data shard, `0..shard_count`.
 pub type ShardId = u32;

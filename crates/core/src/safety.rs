@@ -1,7 +1,7 @@
 //! Safety rules for membership changes, as pure functions: the node refuses
 //! (and the operator never asks for) a change that could lose quorum.
 
-use crate::NodeId;
+use crate::{NodeId, ReplicaId};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
@@ -147,6 +147,62 @@ pub fn check_promote(node: NodeId, leader_last_index: u64, matched: Option<u64>,
     Ok(())
 }
 
+/// What a shard's leader knows of one of its replica ids, for replica GC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView<'a> {
+    /// The leader confirmed with a quorum that it still leads (read index).
+    pub confirmed: bool,
+    /// Voters and learners of its latest membership.
+    pub members: &'a [ReplicaId],
+    /// Log index of that membership, and the leader's commit index.
+    pub membership_index: u64,
+    pub committed_index: u64,
+    /// The leader's cluster map: the next replica id it would allocate, and
+    /// whether the replica is pending there (allocated, being added).
+    pub map_next_replica_id: ReplicaId,
+    pub pending: bool,
+}
+
+/// Why a replica is not (yet) known to be gone.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StillNeeded {
+    #[error("the answering node has not confirmed its leadership")]
+    Unconfirmed,
+    #[error("replica {0} is a member of the shard")]
+    Member(ReplicaId),
+    #[error("replica {0} is being added (pending in the cluster map)")]
+    Pending(ReplicaId),
+    #[error("the leader's latest membership is not committed yet")]
+    MembershipUncommitted,
+    #[error("the leader's cluster map predates replica {0}")]
+    MapTooOld(ReplicaId),
+}
+
+/// Whether replica `id` is certainly gone from its shard, so the node
+/// hosting it may delete it (TiKV's stale-peer check): a leader that
+/// confirmed its leadership, whose committed membership does not name it,
+/// and whose map is new enough to list it if it were being added. An id is
+/// never added again once it left (adds allocate a fresh one), so a
+/// replica gone by this rule stays gone. Anything less keeps the replica.
+pub fn check_replica_gone(id: ReplicaId, leader: &LeaderView<'_>) -> Result<(), StillNeeded> {
+    if !leader.confirmed {
+        return Err(StillNeeded::Unconfirmed);
+    }
+    if leader.members.contains(&id) {
+        return Err(StillNeeded::Member(id));
+    }
+    if leader.membership_index > leader.committed_index {
+        return Err(StillNeeded::MembershipUncommitted);
+    }
+    if id >= crate::map::FIRST_REPLICA_ID && leader.map_next_replica_id <= id {
+        return Err(StillNeeded::MapTooOld(id));
+    }
+    if leader.pending {
+        return Err(StillNeeded::Pending(id));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,5 +344,47 @@ mod tests {
                 groups: vec!["a".to_string(), "b".to_string()]
             })
         );
+    }
+
+    #[test]
+    fn a_replica_is_gone_only_when_a_confirmed_leader_committed_a_membership_without_it_and_knows_its_id() {
+        use crate::map::FIRST_REPLICA_ID as F;
+        let members = [1, 2, F + 3];
+        let view = LeaderView {
+            confirmed: true,
+            members: &members,
+            membership_index: 40,
+            committed_index: 50,
+            map_next_replica_id: F + 10,
+            pending: false,
+        };
+        assert_eq!(check_replica_gone(F + 5, &view), Ok(()));
+        assert_eq!(check_replica_gone(4, &view), Ok(()), "a removed node-id replica");
+        assert_eq!(check_replica_gone(F + 3, &view), Err(StillNeeded::Member(F + 3)));
+        assert_eq!(check_replica_gone(2, &view), Err(StillNeeded::Member(2)));
+        let unconfirmed = LeaderView {
+            confirmed: false,
+            ..view.clone()
+        };
+        assert_eq!(check_replica_gone(F + 5, &unconfirmed), Err(StillNeeded::Unconfirmed));
+        let uncommitted = LeaderView {
+            membership_index: 51,
+            ..view.clone()
+        };
+        assert_eq!(
+            check_replica_gone(F + 5, &uncommitted),
+            Err(StillNeeded::MembershipUncommitted)
+        );
+        let old_map = LeaderView {
+            map_next_replica_id: F + 5,
+            ..view.clone()
+        };
+        assert_eq!(check_replica_gone(F + 5, &old_map), Err(StillNeeded::MapTooOld(F + 5)));
+        assert_eq!(check_replica_gone(4, &old_map), Ok(()), "node ids predate every map");
+        let pending = LeaderView {
+            pending: true,
+            ..view.clone()
+        };
+        assert_eq!(check_replica_gone(F + 5, &pending), Err(StillNeeded::Pending(F + 5)));
     }
 }

@@ -123,9 +123,12 @@ impl From<&ClusterMap> for admin::ClusterMapResponse {
                     shard: i as u32,
                     voters: r.voters.clone(),
                     learners: r.learners.clone(),
+                    replica_ids: r.ids.iter().map(|(n, id)| (*n, *id)).collect(),
+                    pending: r.pending.iter().map(|(n, id)| (*n, *id)).collect(),
                 })
                 .collect(),
             meta_voters: m.meta_voters.clone(),
+            next_replica_id: m.next_replica_id,
         }
     }
 }
@@ -146,6 +149,8 @@ impl TryFrom<&admin::ClusterMapResponse> for ClusterMap {
             shards.push(CoreReplicas {
                 voters: s.voters.clone(),
                 learners: s.learners.clone(),
+                ids: s.replica_ids.iter().map(|(n, id)| (*n, *id)).collect(),
+                pending: s.pending.iter().map(|(n, id)| (*n, *id)).collect(),
             });
         }
         if shards.len() != m.shard_count as usize {
@@ -159,6 +164,10 @@ impl TryFrom<&admin::ClusterMapResponse> for ClusterMap {
             nodes,
             shards,
             meta_voters: m.meta_voters.clone(),
+            next_replica_id: match m.next_replica_id {
+                0 => raftkv_core::map::FIRST_REPLICA_ID,
+                n => n,
+            },
         })
     }
 }

@@ -9,20 +9,27 @@ use std::time::Instant;
 use openraft::EmptyNode;
 use openraft::errors::{InitializeError, RaftError};
 use raftkv_core::leadership::VoterView;
-use raftkv_core::{GroupId, NodeId};
+use raftkv_core::{GroupId, NodeId, ReplicaId};
 
 use crate::error::NodeError;
 use crate::host::Host;
 use crate::metrics::METRICS;
-use crate::raft::network::NetworkFactory;
+use crate::raft::network::{NetworkFactory, PeerPool};
 use crate::raft::types::Raft;
 use crate::storage::ReadView;
 
 /// One Raft group hosted here.
+///
+/// Raft speaks replica ids (this replica's is `replica`); the methods named
+/// for nodes translate them (a replica id the node has not learned yet from
+/// a map is left out).
 #[derive(Clone)]
 pub struct Group {
     pub id: GroupId,
+    /// This replica's Raft id: its incarnation.
+    pub replica: ReplicaId,
     pub raft: Raft,
+    pub(crate) pool: Arc<PeerPool>,
     pub view: ReadView,
     /// When this replica last accepted an append from its leader: bounds how
     /// stale a follower read may be.
@@ -35,14 +42,24 @@ impl Group {
         self.raft.metrics().borrow_watched().clone()
     }
 
-    /// The leader this replica knows of, without cloning the whole metrics.
-    pub fn current_leader(&self) -> Option<NodeId> {
+    /// The replica id of the leader this replica knows of, without cloning the whole metrics.
+    pub fn raft_leader(&self) -> Option<ReplicaId> {
         use openraft::async_runtime::WatchReceiver;
         self.raft.metrics().borrow_watched().current_leader
     }
 
-    /// The group's voters as this replica's log has them, without cloning the whole metrics.
-    pub fn voters(&self) -> Vec<NodeId> {
+    /// The node hosting the leader this replica knows of.
+    pub fn leader_node(&self) -> Option<NodeId> {
+        self.raft_leader().and_then(|r| self.pool.node_of(r))
+    }
+
+    /// This replica leads the group, as far as it knows.
+    pub fn is_leader(&self) -> bool {
+        self.raft_leader() == Some(self.replica)
+    }
+
+    /// The group's voters (replica ids) as this replica's log has them.
+    pub fn voter_ids(&self) -> Vec<ReplicaId> {
         use openraft::async_runtime::WatchReceiver;
         self.raft
             .metrics()
@@ -51,6 +68,31 @@ impl Group {
             .membership()
             .voter_ids()
             .collect()
+    }
+
+    /// The nodes hosting the group's voters, as this replica's log has them.
+    pub fn voter_nodes(&self) -> Vec<NodeId> {
+        self.voter_ids()
+            .into_iter()
+            .filter_map(|r| self.pool.node_of(r))
+            .collect()
+    }
+
+    /// The node hosting replica `id`.
+    pub fn node_of(&self, id: ReplicaId) -> Option<NodeId> {
+        self.pool.node_of(id)
+    }
+
+    /// The member (voter or learner) of the group on `node`, by this replica's log.
+    pub fn member_on(&self, node: NodeId) -> Option<ReplicaId> {
+        use openraft::async_runtime::WatchReceiver;
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        membership
+            .voter_ids()
+            .chain(membership.learner_ids())
+            .find(|r| self.pool.node_of(*r) == Some(node))
     }
 
     /// The last log index applied here, without cloning the whole metrics.
@@ -89,25 +131,48 @@ impl Group {
 }
 
 impl Host {
-    /// Opens (or creates, empty) the replica of `g` on this node.
-    pub async fn open_group(self: &Arc<Self>, g: GroupId) -> Result<Group, NodeError> {
+    /// Opens (or creates, empty) incarnation `replica` of `g` on this node.
+    /// Refused when another incarnation of `g` is open here (it must be
+    /// destroyed first), or when one at least as new was destroyed here: a
+    /// replica id is never hosted twice.
+    pub async fn open_group(self: &Arc<Self>, g: GroupId, replica: ReplicaId) -> Result<Group, NodeError> {
         let _guard = self.creating.lock().await;
         if let Some(existing) = self.group(g) {
-            return Ok(existing);
-        }
-        if self.engine.is_tombstoned(g)? {
+            if existing.replica == replica {
+                return Ok(existing);
+            }
             return Err(NodeError::Refused(format!(
-                "shard {g} was removed from this node and is never recreated here"
+                "node {} hosts replica {} of shard {g}, not {replica}; it must be removed first",
+                self.id, existing.replica
             )));
+        }
+        if let Some(gone) = self.engine.tombstone(g, self.id)?
+            && replica <= gone
+        {
+            return Err(NodeError::Refused(format!(
+                "replica {gone} of shard {g} was destroyed on this node; only a newer incarnation (id above {gone}) is created here"
+            )));
+        }
+        let recorded = self.engine.replica_id(g)?.unwrap_or(self.id);
+        if recorded != replica {
+            if self.engine.groups()?.contains(&g) {
+                return Err(NodeError::Refused(format!(
+                    "node {} has the data of replica {recorded} of shard {g}, not {replica}",
+                    self.id
+                )));
+            }
+            // A new incarnation: its id is on disk before Raft writes anything.
+            self.engine.set_replica_id(g, replica).await?;
         }
         let log = self.engine.log_store(g);
         let sm = self.engine.state_machine(g)?;
         let map_watch = sm.subscribe_map();
         let net = NetworkFactory {
             group: g,
+            replica,
             pool: self.pool.clone(),
         };
-        let raft = Raft::new(self.id, self.raft_config.clone(), net, log, sm)
+        let raft = Raft::new(replica, self.raft_config.clone(), net, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
         if self.draining.load(Ordering::SeqCst) {
@@ -115,6 +180,8 @@ impl Host {
         }
         let group = Group {
             id: g,
+            replica,
+            pool: self.pool.clone(),
             raft,
             view: self.engine.read_view(g),
             leader_contact: Arc::default(),
@@ -140,15 +207,29 @@ impl Host {
                 }
             });
         }
-        tracing::info!(group = %g, "opened replica");
+        tracing::info!(group = %g, replica, "opened replica");
         Ok(group)
     }
 
-    /// Shuts down and deletes the replica of `g` here, leaving a tombstone.
-    pub async fn destroy_group(&self, g: GroupId) -> Result<(), NodeError> {
+    /// Shuts down and deletes incarnation `replica` of `g` here, leaving a
+    /// tombstone. Refused when this node hosts another incarnation of `g`.
+    pub async fn destroy_group(&self, g: GroupId, replica: ReplicaId) -> Result<(), NodeError> {
         // Held to the end, as `open_group` holds it: a replica being created
         // never sees the group half destroyed.
         let _guard = self.creating.lock().await;
+        let hosted = match self.group(g) {
+            Some(group) => Some(group.replica),
+            None if self.engine.groups()?.contains(&g) => Some(self.engine.replica_id(g)?.unwrap_or(self.id)),
+            None => None,
+        };
+        if let Some(hosted) = hosted
+            && hosted != replica
+        {
+            return Err(NodeError::Refused(format!(
+                "node {} hosts replica {hosted} of shard {g}, not {replica}; refusing to destroy it",
+                self.id
+            )));
+        }
         let group = self.groups.write().expect("groups lock").remove(&g);
         if let Some(group) = group {
             group
@@ -157,11 +238,11 @@ impl Host {
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
         }
-        self.engine.destroy_group(g).await?;
+        self.engine.destroy_group(g, replica, self.id).await?;
         METRICS
             .shards_hosted
             .set(self.groups.read().expect("groups lock").len() as i64);
-        tracing::info!(group = %g, "destroyed replica");
+        tracing::info!(group = %g, replica, "destroyed replica");
         Ok(())
     }
 }

@@ -19,8 +19,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
 };
-use raftkv_core::map::NodeAddr;
-use raftkv_core::{GroupId, NodeId};
+use raftkv_core::map::{ClusterMap, FIRST_REPLICA_ID, NodeAddr};
+use raftkv_core::{GroupId, NodeId, ReplicaId};
 use raftkv_proto::peer::{self, RaftKind, peer_client::PeerClient};
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
@@ -86,6 +86,9 @@ pub enum Lane {
 pub struct PeerPool {
     self_id: NodeId,
     book: RwLock<BTreeMap<NodeId, NodeAddr>>,
+    /// Where each allocated replica id lives, from every map seen. An id is
+    /// never reused, so an entry stays true.
+    replicas: RwLock<HashMap<ReplicaId, NodeId>>,
     channels: Mutex<HashMap<(NodeId, Lane), (String, Channel)>>,
     cluster_id: RwLock<String>,
     /// The source address of connections to peers: the listen address when it
@@ -104,6 +107,7 @@ impl PeerPool {
         Arc::new(PeerPool {
             self_id,
             book: RwLock::default(),
+            replicas: RwLock::default(),
             channels: Mutex::default(),
             cluster_id: RwLock::default(),
             local_address,
@@ -129,6 +133,26 @@ impl PeerPool {
         for (id, addr) in nodes {
             book.insert(*id, addr.clone());
         }
+    }
+
+    /// Learns where the replicas `map` allocated live.
+    pub fn learn_replicas(&self, map: &ClusterMap) {
+        let mut dir = self.replicas.write().expect("replica directory lock");
+        for s in &map.shards {
+            for (node, id) in s.ids.iter().chain(&s.pending) {
+                dir.insert(*id, *node);
+            }
+        }
+    }
+
+    /// The node hosting replica `id`: the id itself below
+    /// [`FIRST_REPLICA_ID`] (replicas placed at bootstrap, and every
+    /// metadata replica), else as the maps seen so far say.
+    pub fn node_of(&self, id: ReplicaId) -> Option<NodeId> {
+        if id < FIRST_REPLICA_ID {
+            return Some(id);
+        }
+        self.replicas.read().expect("replica directory lock").get(&id).copied()
     }
 
     pub fn address(&self, id: NodeId) -> Option<NodeAddr> {
@@ -170,24 +194,28 @@ impl PeerPool {
 
 pub struct NetworkFactory {
     pub group: GroupId,
+    /// The Raft id of this node's replica of the group.
+    pub replica: ReplicaId,
     pub pool: Arc<PeerPool>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerNetwork;
 
-    async fn new_client(&mut self, target: NodeId, _node: &openraft::EmptyNode) -> PeerNetwork {
+    async fn new_client(&mut self, target: ReplicaId, _node: &openraft::EmptyNode) -> PeerNetwork {
         PeerNetwork {
             target,
+            from: self.replica,
             group: self.group,
             pool: self.pool.clone(),
             lane: Lane::Raft,
         }
     }
 
-    async fn new_snapshot_client(&mut self, target: NodeId, _node: &openraft::EmptyNode) -> PeerNetwork {
+    async fn new_snapshot_client(&mut self, target: ReplicaId, _node: &openraft::EmptyNode) -> PeerNetwork {
         PeerNetwork {
             target,
+            from: self.replica,
             group: self.group,
             pool: self.pool.clone(),
             lane: Lane::Snapshot,
@@ -195,8 +223,10 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
+/// The link from one replica of a group to another (`target`, a replica id).
 pub struct PeerNetwork {
-    target: NodeId,
+    target: ReplicaId,
+    from: ReplicaId,
     group: GroupId,
     pool: Arc<PeerPool>,
     lane: Lane,
@@ -221,31 +251,46 @@ fn status_to_rpc(target: NodeId, s: tonic::Status) -> RPCError<TypeConfig> {
 }
 
 impl PeerNetwork {
+    /// The node hosting the target replica.
+    fn target_node(&self) -> Result<NodeId, PeerError> {
+        self.pool.node_of(self.target).ok_or_else(|| {
+            PeerError(format!(
+                "no node known for replica {} of group {} (the cluster map has not reached this node yet)",
+                self.target, self.group
+            ))
+        })
+    }
+
     async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
         kind: RaftKind,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<TypeConfig>> {
+        let node = self
+            .target_node()
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let channel = self
             .pool
-            .channel(self.target, self.lane)
+            .channel(node, self.lane)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         let mut client = PeerClient::new(channel)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let request = peer::RaftRequest {
-            target_node: self.target,
+            target_node: node,
             from_node: self.pool.self_id(),
             cluster_id: self.pool.cluster_id(),
             group: self.group.to_raw(),
             kind: kind as i32,
             payload: encode_raft(req),
+            target_replica: self.target,
+            from_replica: self.from,
         };
         let reply = tokio::time::timeout(option.hard_ttl(), client.raft(request))
             .await
-            .map_err(|_| RPCError::Unreachable(unreachable(format!("node {}: timed out", self.target))))?
-            .map_err(|s| status_to_rpc(self.target, s))?;
+            .map_err(|_| RPCError::Unreachable(unreachable(format!("node {node}: timed out"))))?
+            .map_err(|s| status_to_rpc(node, s))?;
         decode_raft("raft reply", &reply.into_inner().payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))
     }
 }
@@ -298,19 +343,19 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let node = self
+            .target_node()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let channel = self
             .pool
-            .channel(self.target, Lane::Snapshot)
+            .channel(node, Lane::Snapshot)
             .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         let mut client = PeerClient::new(channel).max_decoding_message_size(64 << 20);
         let (tx, rx) = tokio::sync::mpsc::channel::<peer::SnapshotChunk>(4);
         let header = encode_raft(&(vote, snapshot.meta.clone()));
-        let (target, from, cluster_id, group) = (
-            self.target,
-            self.pool.self_id(),
-            self.pool.cluster_id(),
-            self.group.to_raw(),
-        );
+        let (target, from, cluster_id, group) =
+            (node, self.pool.self_id(), self.pool.cluster_id(), self.group.to_raw());
+        let (target_replica, from_replica) = (self.target, self.from);
         let path = snapshot.snapshot.path.clone();
         let bytes = snapshot.snapshot.len;
         // Reads the file chunk by chunk: memory stays bounded whatever the shard size.
@@ -331,6 +376,8 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                     group,
                     header: if first { header.clone() } else { vec![] },
                     data: buf,
+                    target_replica,
+                    from_replica,
                 };
                 first = false;
                 if tx.send(chunk).await.is_err() || n == 0 {
@@ -356,7 +403,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                 return Err(StreamingError::Network(network(format!("snapshot reader: {e}"))));
             }
         }
-        let reply = reply.map_err(|s| match status_to_rpc(self.target, s) {
+        let reply = reply.map_err(|s| match status_to_rpc(node, s) {
             RPCError::Unreachable(u) => StreamingError::Unreachable(u),
             RPCError::Network(n) => StreamingError::Network(n),
             other => StreamingError::Network(network(other.to_string())),

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use openraft::{ChangeMembers, EmptyNode, ReadPolicy, ServerState};
 use raftkv_core::command::{Command, Response as KvResponse};
-use raftkv_core::map::{ClusterMap, MapError, NodeAddr, ShardReplicas};
-use raftkv_core::{GroupId, NodeId, ShardId, leadership, safety};
+use raftkv_core::map::{ClusterMap, MapError, NodeAddr};
+use raftkv_core::{GroupId, NodeId, ReplicaId, ShardId, leadership, safety};
 use raftkv_proto::admin::{self, admin_client::AdminClient, admin_server::Admin};
 use raftkv_proto::peer;
 use tonic::{Request, Response, Status};
@@ -50,11 +50,16 @@ fn role(s: ServerState) -> &'static str {
     }
 }
 
-pub fn shard_status(self_id: NodeId, group: &Group) -> admin::ShardStatus {
+/// The shard as `group` (this node's replica) sees it, naming nodes, not
+/// replica ids.
+pub fn shard_status(group: &Group) -> admin::ShardStatus {
     let m = group.metrics();
     let membership = m.membership_config.membership();
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
-    let learners: Vec<NodeId> = membership.learner_ids().collect();
+    let nodes =
+        |ids: &mut dyn Iterator<Item = ReplicaId>| -> Vec<NodeId> { ids.filter_map(|r| group.node_of(r)).collect() };
+    let voter_ids: Vec<ReplicaId> = membership.voter_ids().collect();
+    let voters = nodes(&mut voter_ids.iter().copied());
+    let learners = nodes(&mut membership.learner_ids());
     let last = m.last_log_index.unwrap_or(0);
     let committed = m.local_committed.as_ref().map_or(0, |l| l.index);
     let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
@@ -63,14 +68,14 @@ pub fn shard_status(self_id: NodeId, group: &Group) -> admin::ShardStatus {
         .as_ref()
         .map(|r| {
             r.iter()
-                .map(|(id, matched)| {
+                .filter_map(|(id, matched)| {
                     let matched = matched.as_ref().map_or(0, |l| l.index);
-                    admin::ReplicaProgress {
-                        node_id: *id,
+                    Some(admin::ReplicaProgress {
+                        node_id: group.node_of(*id)?,
                         matched_index: matched,
                         lag: last.saturating_sub(matched),
-                        voter: voters.contains(id),
-                    }
+                        voter: voter_ids.contains(id),
+                    })
                 })
                 .collect()
         })
@@ -82,14 +87,14 @@ pub fn shard_status(self_id: NodeId, group: &Group) -> admin::ShardStatus {
     admin::ShardStatus {
         shard,
         meta,
-        role: if m.state == ServerState::Follower && !voters.contains(&self_id) {
+        role: if m.state == ServerState::Follower && !voter_ids.contains(&group.replica) {
             "learner"
         } else {
             role(m.state)
         }
         .into(),
         term: m.current_term,
-        leader: m.current_leader.unwrap_or(0),
+        leader: m.current_leader.and_then(|r| group.node_of(r)).unwrap_or(0),
         last_log_index: last,
         committed_index: committed,
         applied_index: applied,
@@ -99,6 +104,7 @@ pub fn shard_status(self_id: NodeId, group: &Group) -> admin::ShardStatus {
         learners,
         progress,
         lag: committed.saturating_sub(applied),
+        replica_id: group.replica,
     }
 }
 
@@ -267,7 +273,7 @@ impl AdminService {
             .groups()
             .iter()
             .map(|g| {
-                let others = g.voters().into_iter().filter(|v| *v != me).collect();
+                let others = g.voter_nodes().into_iter().filter(|v| *v != me).collect();
                 (format!("group {}", g.id), others)
             })
             .collect();
@@ -298,26 +304,27 @@ impl AdminService {
     /// Voters of `group` that are reachable and caught up, as its leader sees
     /// them: a node that just died must not count toward the quorum a
     /// removal leaves behind.
-    fn healthy_voters(&self, group: &Group) -> Vec<NodeId> {
+    fn healthy_voters(&self, group: &Group) -> Vec<ReplicaId> {
         let (last, views) = group.voter_views();
-        leadership::healthy_voters(self.host.id, last, &views)
+        leadership::healthy_voters(group.replica, last, &views)
     }
 
+    /// Records `shard`'s membership, as `group`'s log has it now, in the map.
     async fn record_replicas(&self, shard: ShardId, group: &Group) -> Result<(), Status> {
         let m = group.metrics();
         let membership = m.membership_config.membership();
-        let replicas = ShardReplicas {
-            voters: membership.voter_ids().collect(),
-            learners: membership.learner_ids().collect(),
-        };
-        self.update_map(|map| {
-            if map.replicas(shard).is_ok_and(|r| *r == replicas) {
-                return Ok(map.clone());
-            }
-            map.with_shard_replicas(shard, replicas.clone())
-        })
-        .await?;
+        let voters: Vec<ReplicaId> = membership.voter_ids().collect();
+        let learners: Vec<ReplicaId> = membership.learner_ids().collect();
+        self.update_map(|map| map.with_shard_members(shard, &voters, &learners))
+            .await?;
         Ok(())
+    }
+
+    /// The member of `group` on `node`, refusing when there is none.
+    fn member_on(group: &Group, shard: ShardId, node: NodeId) -> Result<ReplicaId, Status> {
+        group
+            .member_on(node)
+            .ok_or_else(|| refused(format!("node {node} is not a replica of shard {shard}; add it first")))
     }
 }
 
@@ -351,7 +358,7 @@ fn is_forwarded<T>(r: &Request<T>) -> bool {
 
 /// A membership change (never retaining removed voters as learners), bounded
 /// in time so a change that cannot commit does not hang the admin call.
-async fn change_membership(group: &Group, change: ChangeMembers<NodeId, EmptyNode>) -> Result<(), Status> {
+async fn change_membership(group: &Group, change: ChangeMembers<ReplicaId, EmptyNode>) -> Result<(), Status> {
     match tokio::time::timeout(MEMBERSHIP_DEADLINE, group.raft.change_membership(change, false)).await {
         Ok(r) => r.map(|_| ()).map_err(raft_err),
         Err(_) => Err(NodeError::Timeout(format!(
@@ -381,7 +388,7 @@ impl Admin for AdminService {
             cluster_id: h.cluster_id().unwrap_or_default(),
             draining: h.draining.load(std::sync::atomic::Ordering::SeqCst),
             map_version: h.map().map_or(0, |m| m.version),
-            shards: h.groups().iter().map(|g| shard_status(h.id, g)).collect(),
+            shards: h.groups().iter().map(shard_status).collect(),
             ready: h.is_ready(),
             shutting_down: h.shutting_down.load(std::sync::atomic::Ordering::SeqCst),
             advertise_host: c.advertise_host.clone(),
@@ -619,12 +626,16 @@ impl Admin for AdminService {
         map.node(req.node_id)
             .map_err(|e| refused(format!("{e}; add the node first")))?;
         let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
-        let members = group.metrics().membership_config.membership().clone();
-        if !members
-            .voter_ids()
-            .chain(members.learner_ids())
-            .any(|n| n == req.node_id)
-        {
+        if group.member_on(req.node_id).is_none() {
+            // A new incarnation: its id is in the map (pending) before the
+            // membership names it, so every node can route to it. A retry
+            // finds the pending one and goes on with it.
+            let next = self
+                .update_map(|m| m.with_new_replica(req.shard, req.node_id).map(|(next, _)| next))
+                .await?;
+            let replica = next
+                .replica_on(req.shard, req.node_id)
+                .ok_or_else(|| raft_err("the map lost the replica it just allocated"))?;
             let mut client = self
                 .host
                 .pool
@@ -635,24 +646,29 @@ impl Admin for AdminService {
                     target_node: req.node_id,
                     cluster_id: map.cluster_id.clone(),
                     group: g.to_raw(),
+                    replica_id: replica,
                 })
                 .await
                 .map_err(|s| {
                     Status::new(
                         s.code(),
-                        format!("node {} could not create the replica: {}", req.node_id, s.message()),
+                        format!(
+                            "node {} could not create replica {replica}: {}",
+                            req.node_id,
+                            s.message()
+                        ),
                     )
                 })?;
             // Non-blocking: the learner catches up (by snapshot when the log is compacted) in the background.
             group
                 .raft
-                .add_learner(req.node_id, EmptyNode {}, false)
+                .add_learner(replica, EmptyNode {}, false)
                 .await
                 .map_err(raft_err)?;
-            tracing::info!(shard = req.shard, node = req.node_id, "added learner");
+            tracing::info!(shard = req.shard, node = req.node_id, replica, "added learner");
         }
         self.record_replicas(req.shard, &group).await?;
-        Ok(Response::new(shard_status(self.host.id, &group)))
+        Ok(Response::new(shard_status(&group)))
     }
 
     async fn promote_replica(
@@ -664,27 +680,22 @@ impl Admin for AdminService {
         let (g, _) = self.shard(req.shard)?;
         forward_to_leader!(self, g, forwarded, req, promote_replica);
         let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
+        let replica = Self::member_on(&group, req.shard, req.node_id)?;
         let m = group.metrics();
         let membership = m.membership_config.membership();
-        if !membership.voter_ids().any(|v| v == req.node_id) {
-            if !membership.learner_ids().any(|l| l == req.node_id) {
-                return Err(refused(format!(
-                    "node {} is not a replica of shard {}; add it first",
-                    req.node_id, req.shard
-                )));
-            }
+        if !membership.voter_ids().any(|v| v == replica) {
             let matched = m
                 .replication
                 .as_ref()
-                .and_then(|r| r.get(&req.node_id).cloned().flatten())
+                .and_then(|r| r.get(&replica).cloned().flatten())
                 .map(|l| l.index);
             safety::check_promote(req.node_id, m.last_log_index.unwrap_or(0), matched, PROMOTE_MAX_LAG)
                 .map_err(refused)?;
-            change_membership(&group, ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]))).await?;
-            tracing::info!(shard = req.shard, node = req.node_id, "promoted to voter");
+            change_membership(&group, ChangeMembers::AddVoterIds(BTreeSet::from([replica]))).await?;
+            tracing::info!(shard = req.shard, node = req.node_id, replica, "promoted to voter");
         }
         self.record_replicas(req.shard, &group).await?;
-        Ok(Response::new(shard_status(self.host.id, &group)))
+        Ok(Response::new(shard_status(&group)))
     }
 
     async fn remove_replica(
@@ -697,39 +708,55 @@ impl Admin for AdminService {
         forward_to_leader!(self, g, forwarded, req, remove_replica);
         let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
         let membership = group.metrics().membership_config.membership().clone();
-        let voters: Vec<NodeId> = membership.voter_ids().collect();
-        let is_member = voters.contains(&req.node_id) || membership.learner_ids().any(|l| l == req.node_id);
-        if is_member {
-            if voters.contains(&req.node_id) {
-                safety::check_remove_voter(&voters, &self.healthy_voters(&group), req.node_id).map_err(refused)?;
-                safety::check_replication_floor(&voters, req.node_id, map.replication_factor, req.force)
+        let voters: Vec<ReplicaId> = membership.voter_ids().collect();
+        let learners: Vec<ReplicaId> = membership.learner_ids().collect();
+        // The incarnation to remove: the member on the node, else one still
+        // pending there (an add cut short).
+        let member = group.member_on(req.node_id);
+        let Some(replica) = member.or_else(|| map.replica_on(req.shard, req.node_id)) else {
+            return Ok(Response::new(shard_status(&group)));
+        };
+        if member.is_some() {
+            if voters.contains(&replica) {
+                safety::check_remove_voter(&voters, &self.healthy_voters(&group), replica).map_err(refused)?;
+                safety::check_replication_floor(&voters, replica, map.replication_factor, req.force)
                     .map_err(refused)?;
             }
-            let gone = BTreeSet::from([req.node_id]);
+            let gone = BTreeSet::from([replica]);
             // retain = false: a removed voter does not stay behind as a learner.
-            let change = if voters.contains(&req.node_id) {
+            let change = if voters.contains(&replica) {
                 ChangeMembers::RemoveVoters(gone)
             } else {
                 ChangeMembers::RemoveNodes(gone)
             };
             change_membership(&group, change).await?;
-            tracing::info!(shard = req.shard, node = req.node_id, "removed replica from membership");
+            tracing::info!(
+                shard = req.shard,
+                node = req.node_id,
+                replica,
+                "removed replica from membership"
+            );
         }
         // The leader may have been the one removed: record from whoever leads now.
         if group.metrics().state == ServerState::Leader {
             self.record_replicas(req.shard, &group).await?;
         } else {
-            let replicas = ShardReplicas {
-                voters: voters.iter().copied().filter(|v| *v != req.node_id).collect(),
-                learners: membership.learner_ids().filter(|l| *l != req.node_id).collect(),
-            };
-            self.update_map(|m| m.with_shard_replicas(req.shard, replicas.clone()))
+            let voters: Vec<ReplicaId> = voters.iter().copied().filter(|v| *v != replica).collect();
+            let learners: Vec<ReplicaId> = learners.iter().copied().filter(|l| *l != replica).collect();
+            self.update_map(|m| m.with_shard_members(req.shard, &voters, &learners))
                 .await?;
+        }
+        if member.is_none() {
+            self.update_map(|m| match m.replica_on(req.shard, req.node_id) {
+                Some(r) if r == replica => m.without_pending(req.shard, req.node_id),
+                _ => Ok(m.clone()),
+            })
+            .await?;
         }
         // A leader that removed itself answers with the shard as it left it
         // (its replica is destroyed below).
-        let left = (req.node_id == self.host.id).then(|| {
-            let mut s = shard_status(self.host.id, &group);
+        let left = (replica == group.replica).then(|| {
+            let mut s = shard_status(&group);
             s.role = "removed".into();
             s.voters.retain(|v| *v != req.node_id);
             s.learners.retain(|l| *l != req.node_id);
@@ -741,22 +768,19 @@ impl Admin for AdminService {
                 target_node: req.node_id,
                 cluster_id: map.cluster_id.clone(),
                 group: g.to_raw(),
+                replica_id: replica,
             };
             if req.node_id == self.host.id {
-                self.host.destroy_group(g).await?;
+                self.host.destroy_group(g, replica).await?;
             } else if let Ok(mut client) = self.host.pool.client(req.node_id)
                 && let Err(s) = client.destroy_replica(destroy).await
             {
-                tracing::warn!(shard = req.shard, node = req.node_id, error = %s.message(), "could not delete the removed replica's data; it is inert");
+                tracing::warn!(shard = req.shard, node = req.node_id, replica, error = %s.message(), "could not delete the removed replica's data; it is inert");
             }
         }
         let status = match left {
             Some(s) => s,
-            None => self
-                .host
-                .group(g)
-                .map(|g| shard_status(self.host.id, &g))
-                .unwrap_or_default(),
+            None => self.host.group(g).map(|g| shard_status(&g)).unwrap_or_default(),
         };
         Ok(Response::new(status))
     }
@@ -772,27 +796,26 @@ impl Admin for AdminService {
             && self
                 .host
                 .group(g)
-                .is_some_and(|gr| gr.metrics().current_leader == Some(req.to_node))
+                .is_some_and(|gr| gr.leader_node() == Some(req.to_node))
         {
             let group = self.host.group(g).expect("checked above");
-            return Ok(Response::new(shard_status(self.host.id, &group)));
+            return Ok(Response::new(shard_status(&group)));
         }
         forward_to_leader!(self, g, forwarded, req, transfer_leader);
         let group = self.host.group(g).ok_or(NodeError::NoReplica(g))?;
-        let m = group.metrics();
-        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let voters = group.voter_ids();
         let to = if req.to_node == 0 {
             let (last, views) = group.voter_views();
-            leadership::transfer_target(self.host.id, last, &views, &[])
+            leadership::transfer_target(group.replica, last, &views, &[])
                 .ok_or_else(|| refused("no other caught-up voter to take over"))?
         } else {
-            req.to_node
+            group
+                .member_on(req.to_node)
+                .filter(|r| voters.contains(r))
+                .ok_or_else(|| refused(format!("node {} is not a voter of shard {}", req.to_node, req.shard)))?
         };
-        if to == self.host.id {
-            return Ok(Response::new(shard_status(self.host.id, &group)));
-        }
-        if !voters.contains(&to) {
-            return Err(refused(format!("node {to} is not a voter of shard {}", req.shard)));
+        if to == group.replica {
+            return Ok(Response::new(shard_status(&group)));
         }
         group.raft.trigger().transfer_leader(to).await.map_err(raft_err)?;
         let moved = group
@@ -802,12 +825,12 @@ impl Admin for AdminService {
             .await;
         if moved.is_err() {
             return Err(NodeError::Timeout(format!(
-                "leadership of shard {} did not move to node {to} within 10 s",
+                "leadership of shard {} did not move to replica {to} within 10 s",
                 req.shard
             ))
             .into());
         }
-        Ok(Response::new(shard_status(self.host.id, &group)))
+        Ok(Response::new(shard_status(&group)))
     }
 
     async fn drain_leaders(&self, _: Request<admin::DrainRequest>) -> Result<Response<admin::DrainResponse>, Status> {

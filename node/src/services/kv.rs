@@ -281,7 +281,7 @@ impl KvService {
         let not_leader = |e: RaftError<_, LinearizableReadError<_>>| match e {
             RaftError::APIError(LinearizableReadError::ForwardToLeader(f)) => NodeError::NotLeader {
                 group: g,
-                leader: f.leader_id,
+                leader: f.leader_id.and_then(|r| group.node_of(r)),
             },
             RaftError::APIError(other) => NodeError::NotLeader { group: g, leader: None }.or_log(other),
             RaftError::Fatal(f) => NodeError::Raft(f.to_string()),
@@ -306,7 +306,7 @@ impl KvService {
                 }
             }
             Consistency::Stale => {
-                staleness_ms = if group.current_leader() == Some(self.host.id) {
+                staleness_ms = if group.is_leader() {
                     // A leader is as fresh as a quorum last confirmed it: a
                     // leader cut off from its followers stays Leader in
                     // openraft until it hears of a new term, while another

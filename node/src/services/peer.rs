@@ -26,7 +26,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use raftkv_core::command::{Proposal, Request as KvRequest};
 use raftkv_core::map::ClusterMap;
-use raftkv_core::{GroupId, NodeId};
+use raftkv_core::{GroupId, NodeId, ReplicaId, ShardId, safety};
 use raftkv_proto::peer::{self, RaftKind, peer_server::Peer};
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -43,19 +43,24 @@ use crate::storage::{SnapshotFile, decode_raft, encode_raft, validate_snapshot};
 pub const MAX_TERM: u64 = 1 << 48;
 /// Highest log index a peer message may carry.
 pub const MAX_INDEX: u64 = 1 << 48;
-/// How long `DestroyReplica` waits for this node's map to show the removal
-/// the caller committed before it.
-const DESTROY_MAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long `CreateReplica` and `DestroyReplica` wait for this node's map to
+/// show the allocation or removal the caller committed before asking.
+const MAP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct PeerService {
     pub host: Arc<Host>,
 }
 
-fn check_vote(vote: &Vote, from: NodeId) -> Result<(), Status> {
+/// A wire replica id: 0 (from a node of the release before replica ids) is the node id.
+fn replica_or_node(replica: ReplicaId, node: NodeId) -> ReplicaId {
+    if replica == 0 { node } else { replica }
+}
+
+fn check_vote(vote: &Vote, from: ReplicaId) -> Result<(), Status> {
     let leader = vote.leader_id();
     if leader.node_id != from {
         return Err(Status::invalid_argument(format!(
-            "message from node {from} carries the vote of node {}",
+            "message from replica {from} carries the vote of replica {}",
             leader.node_id
         )));
     }
@@ -137,28 +142,52 @@ impl PeerService {
         }
     }
 
-    fn group(&self, raw: u32) -> Result<Group, Status> {
+    /// This node's replica of group `raw`, which must be incarnation
+    /// `replica`: a message for another incarnation (one destroyed here, or
+    /// one not created yet) never reaches this one.
+    fn group(&self, raw: u32, replica: ReplicaId) -> Result<Group, Status> {
         let g = GroupId::from_raw(raw);
-        self.host
+        let group = self
+            .host
             .group(g)
-            .ok_or_else(|| Status::not_found(format!("no replica of shard {g} on node {}", self.host.id)))
+            .ok_or_else(|| Status::not_found(format!("no replica of shard {g} on node {}", self.host.id)))?;
+        if group.replica != replica {
+            return Err(Status::not_found(format!(
+                "node {} hosts replica {} of shard {g}, not {replica}",
+                self.host.id, group.replica
+            )));
+        }
+        Ok(group)
     }
 
-    /// `node` may ask this replica for its vote: a voter of the group as this
-    /// replica's log has it, or as the cluster map has it (a replica whose
-    /// log is behind a membership change, or still empty, must recognise
-    /// the new voters).
-    fn check_voter(&self, group: &Group, node: NodeId) -> Result<(), Status> {
-        let in_log = group.voters().contains(&node);
+    /// `from` (a replica id) is hosted by `node`, the sender.
+    fn check_sender(&self, from: ReplicaId, node: NodeId) -> Result<(), Status> {
+        match self.host.pool.node_of(from) {
+            Some(n) if n == node => Ok(()),
+            Some(n) => Err(Status::permission_denied(format!(
+                "node {node} sent a message from replica {from}, which lives on node {n}"
+            ))),
+            None => Err(Status::unavailable(format!(
+                "replica {from} is not in this node's cluster map yet"
+            ))),
+        }
+    }
+
+    /// Replica `from` may ask this replica for its vote: a voter of the
+    /// group as this replica's log has it, or as the cluster map has it (a
+    /// replica whose log is behind a membership change, or still empty,
+    /// must recognise the new voters).
+    fn check_voter(&self, group: &Group, from: ReplicaId) -> Result<(), Status> {
+        let in_log = group.voter_ids().contains(&from);
         let in_map = self.host.map().is_some_and(|m| match group.id {
-            GroupId::Meta => m.meta_voters.contains(&node),
-            GroupId::Shard(s) => m.replicas(s).is_ok_and(|r| r.voters.contains(&node)),
+            GroupId::Meta => m.meta_voters.contains(&from),
+            GroupId::Shard(s) => m.replicas(s).is_ok_and(|r| r.voter_ids().contains(&from)),
         });
         if in_log || in_map {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "node {node} is not a voter of group {}",
+                "replica {from} is not a voter of group {}",
                 group.id
             )))
         }
@@ -178,6 +207,20 @@ impl PeerService {
     }
 }
 
+impl PeerService {
+    /// Waits (at most [`MAP_WAIT`]) until this node's map knows `shard`
+    /// and satisfies `ok`.
+    async fn wait_for_map(&self, shard: ShardId, ok: impl Fn(&ClusterMap) -> bool) -> Result<(), ()> {
+        let mut rx = self.host.subscribe_map();
+        let seen = tokio::time::timeout(
+            MAP_WAIT,
+            rx.wait_for(|m| m.as_ref().is_some_and(|m| m.replicas(shard).is_ok() && ok(m))),
+        )
+        .await;
+        if matches!(seen, Ok(Ok(_))) { Ok(()) } else { Err(()) }
+    }
+}
+
 fn bad_payload(e: std::io::Error) -> Status {
     Status::invalid_argument(format!("undecodable payload: {e}"))
 }
@@ -188,16 +231,17 @@ impl Peer for PeerService {
         let req = request.into_inner();
         self.check_target(req.target_node)?;
         self.check_cluster(&req.cluster_id)?;
-        let group = self.group(req.group)?;
+        let group = self.group(req.group, replica_or_node(req.target_replica, req.target_node))?;
         let raft = &group.raft;
         let internal = |e: &dyn std::fmt::Display| Status::internal(e.to_string());
-        let from = req.from_node;
+        let from = replica_or_node(req.from_replica, req.from_node);
+        self.check_sender(from, req.from_node)?;
         let payload = match RaftKind::try_from(req.kind).unwrap_or(RaftKind::Unspecified) {
             RaftKind::Append => {
                 let rpc: openraft::raft::AppendEntriesRequest<crate::raft::types::TypeConfig> =
                     decode_raft("append entries", &req.payload).map_err(bad_payload)?;
                 check_vote(&rpc.vote, from)?;
-                self.check_node(from)?;
+                self.check_node(req.from_node)?;
                 check_log_id(rpc.prev_log_id.as_ref())?;
                 check_log_id(rpc.leader_commit.as_ref())?;
                 for e in &rpc.entries {
@@ -233,7 +277,7 @@ impl Peer for PeerService {
                 check_log_id(rpc.last_log_id())?;
                 // A node of the map, not necessarily a voter here: a leader
                 // that has just removed itself hands over its leadership.
-                self.check_node(from)?;
+                self.check_node(req.from_node)?;
                 encode_raft(&raft.handle_transfer_leader(rpc).await.map_err(|e| internal(&e))?)
             }
             RaftKind::Unspecified => {
@@ -255,9 +299,11 @@ impl Peer for PeerService {
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
         self.check_target(first.target_node)?;
         self.check_cluster(&first.cluster_id)?;
-        let group = self.group(first.group)?;
+        let group = self.group(first.group, replica_or_node(first.target_replica, first.target_node))?;
+        let from = replica_or_node(first.from_replica, first.from_node);
+        self.check_sender(from, first.from_node)?;
         let (vote, meta): (Vote, SnapshotMeta) = decode_raft("snapshot header", &first.header).map_err(bad_payload)?;
-        check_vote(&vote, first.from_node)?;
+        check_vote(&vote, from)?;
         self.check_node(first.from_node)?;
         check_log_id(meta.last_log_id.as_ref())?;
         let incoming = self
@@ -312,16 +358,30 @@ impl Peer for PeerService {
         self.check_cluster(&req.cluster_id)?;
         let g = GroupId::from_raw(req.group);
         let map = self.host.map().ok_or(NodeError::NotJoined)?;
-        match g {
-            GroupId::Shard(s) if s < map.shard_count => {}
+        let shard = match g {
+            GroupId::Shard(s) if s < map.shard_count => s,
             _ => {
                 return Err(Status::invalid_argument(format!(
                     "no shard {g} to create: the cluster has shards 0..{} (the metadata group is created by joining)",
                     map.shard_count
                 )));
             }
+        };
+        let me = self.host.id;
+        let replica = replica_or_node(req.replica_id, me);
+        // An allocated id is created only where the map allocated it (the
+        // caller recorded it before asking). Node-id replicas come from
+        // leaders of the release before replica ids, which recorded after.
+        if replica != me {
+            self.wait_for_map(shard, |m| m.replica_on(shard, me) == Some(replica))
+                .await
+                .map_err(|()| {
+                    Status::failed_precondition(format!(
+                        "the cluster map does not place replica {replica} of shard {shard} on node {me}; refusing to create it"
+                    ))
+                })?;
         }
-        self.host.open_group(g).await?;
+        self.host.open_group(g, replica).await?;
         Ok(Response::new(peer::CreateReplicaReply {}))
     }
 
@@ -342,24 +402,65 @@ impl Peer for PeerService {
             ));
         };
         let me = self.host.id;
-        let mut rx = self.host.subscribe_map();
-        let removed = matches!(
-            tokio::time::timeout(
-                DESTROY_MAP_WAIT,
-                rx.wait_for(|m| m
-                    .as_ref()
-                    .is_some_and(|m| m.replicas(shard).is_ok_and(|r| !r.contains(me)))),
-            )
-            .await,
-            Ok(Ok(_))
-        );
-        if !removed {
-            return Err(Status::failed_precondition(format!(
-                "the cluster map still places shard {shard} on node {me} (or does not know the shard); refusing to destroy its replica"
-            )));
-        }
-        self.host.destroy_group(g).await?;
+        let replica = replica_or_node(req.replica_id, me);
+        self.wait_for_map(shard, |m| m.replica_on(shard, me) != Some(replica))
+            .await
+            .map_err(|()| {
+                Status::failed_precondition(format!(
+                    "the cluster map still places replica {replica} of shard {shard} on node {me} (or does not know the shard); refusing to destroy it"
+                ))
+            })?;
+        self.host.destroy_group(g, replica).await?;
         Ok(Response::new(peer::CreateReplicaReply {}))
+    }
+
+    async fn check_replica(
+        &self,
+        request: Request<peer::CheckReplicaRequest>,
+    ) -> Result<Response<peer::CheckReplicaReply>, Status> {
+        let req = request.into_inner();
+        self.check_target(req.target_node)?;
+        self.check_cluster(&req.cluster_id)?;
+        let g = GroupId::from_raw(req.group);
+        let GroupId::Shard(shard) = g else {
+            return Err(Status::invalid_argument("metadata replicas are not collected"));
+        };
+        let group = self
+            .host
+            .group(g)
+            .ok_or(NodeError::NotLeader { group: g, leader: None })?;
+        let confirmed = group
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+            .is_ok();
+        if !confirmed {
+            return Err(NodeError::NotLeader {
+                group: g,
+                leader: group.leader_node().filter(|l| *l != self.host.id),
+            }
+            .into());
+        }
+        let m = group.metrics();
+        let membership = m.membership_config.membership();
+        let members: Vec<ReplicaId> = membership.voter_ids().chain(membership.learner_ids()).collect();
+        let map = self.host.map().ok_or(NodeError::NotJoined)?;
+        let pending = map
+            .replicas(shard)
+            .is_ok_and(|r| r.pending.values().any(|p| *p == req.replica_id));
+        let view = safety::LeaderView {
+            confirmed,
+            members: &members,
+            membership_index: m.membership_config.log_id().as_ref().map_or(0, |l| l.index),
+            committed_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+            map_next_replica_id: map.next_replica_id,
+            pending,
+        };
+        let answer = safety::check_replica_gone(req.replica_id, &view);
+        Ok(Response::new(peer::CheckReplicaReply {
+            gone: answer.is_ok(),
+            reason: answer.err().map(|e| e.to_string()).unwrap_or_default(),
+        }))
     }
 
     async fn propose(&self, request: Request<peer::ProposeRequest>) -> Result<Response<peer::ProposeReply>, Status> {

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use raftkv_core::GroupId;
 use raftkv_core::keys::{self, CF_DATA, CF_LOG, CF_STATE, tag};
+use raftkv_core::{GroupId, NodeId, ReplicaId};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch};
 
 use super::syncer::{Audit, SyncObserver, Syncer};
@@ -143,19 +143,59 @@ impl Engine {
         Ok(groups)
     }
 
-    pub fn is_tombstoned(&self, group: GroupId) -> io::Result<bool> {
-        Ok(self.get_state(&keys::tombstone_key(group))?.is_some())
+    /// The highest replica id of `group` destroyed here; `node_id` for the
+    /// tombstone of a release before replica ids (it destroyed that one).
+    pub fn tombstone(&self, group: GroupId, node_id: ReplicaId) -> io::Result<Option<ReplicaId>> {
+        let Some(v) = self.get_state(&keys::tombstone_key(group))? else {
+            return Ok(None);
+        };
+        match <[u8; 8]>::try_from(v.as_slice()) {
+            Ok(b) => Ok(Some(u64::from_be_bytes(b))),
+            Err(_) if v.len() == 1 => Ok(Some(node_id)),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("tombstone of group {group}: {} bytes", v.len()),
+            )),
+        }
     }
 
-    /// Deletes every record of `group` on this node and leaves a tombstone so
-    /// the replica is never recreated under this identity.
-    pub async fn destroy_group(self: &Arc<Self>, group: GroupId) -> io::Result<()> {
+    /// The Raft id of this node's replica of `group`, if it recorded one
+    /// (replicas without the record have replica id = node id).
+    pub fn replica_id(&self, group: GroupId) -> io::Result<Option<ReplicaId>> {
+        let Some(v) = self.get_state(&keys::state_key(group, tag::REPLICA_ID))? else {
+            return Ok(None);
+        };
+        let b = <[u8; 8]>::try_from(v.as_slice()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("replica id of group {group}: {} bytes", v.len()),
+            )
+        })?;
+        Ok(Some(u64::from_be_bytes(b)))
+    }
+
+    /// Records (durably) that this node's replica of `group` is incarnation `id`.
+    pub async fn set_replica_id(&self, group: GroupId, id: ReplicaId) -> io::Result<()> {
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            self.cf(CF_STATE),
+            keys::state_key(group, tag::REPLICA_ID),
+            id.to_be_bytes(),
+        );
+        self.write_durable(b).await
+    }
+
+    /// Deletes every record of `group` on this node and leaves a tombstone
+    /// naming incarnation `id` (or a higher one already there), so no
+    /// incarnation up to it is ever created here again.
+    pub async fn destroy_group(self: &Arc<Self>, group: GroupId, id: ReplicaId, node_id: NodeId) -> io::Result<()> {
         let (start, end) = keys::group_range(group);
         let mut b = WriteBatch::default();
         for cf in [CF_LOG, CF_STATE, CF_DATA] {
             b.delete_range_cf(self.cf(cf), &start, &end);
         }
-        b.put_cf(self.cf(CF_STATE), keys::tombstone_key(group), b"1");
+        let highest = self.tombstone(group, node_id)?.map_or(id, |t| t.max(id));
+        b.put_cf(self.cf(CF_STATE), keys::tombstone_key(group), highest.to_be_bytes());
         self.write_durable(b).await?;
         // Removing the files can take a while, and waits for a snapshot
         // build of the group still running: on the blocking pool.

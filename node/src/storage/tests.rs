@@ -112,11 +112,31 @@ async fn destroyed_groups_leave_a_tombstone_and_no_data() {
     rx.await.unwrap().unwrap();
     log.save_vote(&openraft::impls::Vote::new(1, 1)).await.unwrap();
     assert_eq!(engine.groups().unwrap(), vec![g]);
-    assert!(!engine.is_tombstoned(g).unwrap());
-    engine.destroy_group(g).await.unwrap();
+    assert_eq!(engine.tombstone(g, 7).unwrap(), None);
+    engine.destroy_group(g, 7, 7).await.unwrap();
     assert!(engine.groups().unwrap().is_empty());
-    assert!(engine.is_tombstoned(g).unwrap());
+    assert_eq!(engine.tombstone(g, 7).unwrap(), Some(7));
     assert_eq!(log.get_log_state().await.unwrap().last_log_id, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_keeps_the_highest_destroyed_incarnation_and_reads_the_old_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open_engine(dir.path(), false);
+    let g = GroupId::Shard(2);
+    let new = raftkv_core::map::FIRST_REPLICA_ID + 4;
+    engine.set_replica_id(g, new).await.unwrap();
+    assert_eq!(engine.replica_id(g).unwrap(), Some(new));
+    engine.destroy_group(g, new, 7).await.unwrap();
+    assert_eq!(engine.replica_id(g).unwrap(), None, "the record goes with the replica");
+    // Destroying an older incarnation later never lowers the mark.
+    engine.destroy_group(g, new - 2, 7).await.unwrap();
+    assert_eq!(engine.tombstone(g, 7).unwrap(), Some(new));
+    // The release before replica ids wrote a 1-byte tombstone: it destroyed the node-id replica.
+    let mut b = rocksdb::WriteBatch::default();
+    b.put_cf(engine.cf(CF_STATE), keys::tombstone_key(GroupId::Shard(3)), b"1");
+    engine.write(b).unwrap();
+    assert_eq!(engine.tombstone(GroupId::Shard(3), 7).unwrap(), Some(7));
 }
 
 /// Writes `n` records `{prefix}{i}` straight into `group`'s data, with an

@@ -59,6 +59,7 @@ impl HostilePeer {
                 group: group.to_raw(),
                 kind: kind as i32,
                 payload,
+                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -96,6 +97,7 @@ impl HostilePeer {
                 target_node: self.target,
                 cluster_id: cluster_id.into(),
                 group: group.to_raw(),
+                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -107,6 +109,7 @@ impl HostilePeer {
                 target_node: self.target,
                 cluster_id: self.cluster_id.clone(),
                 group: group.to_raw(),
+                ..Default::default()
             })
             .await
             .map(|_| ())

@@ -540,6 +540,122 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Adds a replica of `shard` on node `id` and promotes it once it has
+    /// caught up (promotion is refused until then).
+    pub async fn add_voter(&self, shard: u32, id: u64) -> admin::ShardStatus {
+        let a = self.admin();
+        a.add_replica(shard, id)
+            .await
+            .unwrap_or_else(|e| panic!("adding shard {shard} to node {id}: {e}"));
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            match a.promote_replica(shard, id).await {
+                Ok(s) => return s,
+                Err(raftkv_client::ClientError::Status(st))
+                    if st.code() == tonic::Code::FailedPrecondition && Instant::now() < until =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("promoting node {id} in shard {shard}: {e}"),
+            }
+        }
+    }
+
+    /// Starts nodes on the data directories and addresses of a cluster
+    /// written earlier (`fixture`, a tar.gz of `node<i>/` directories and a
+    /// `layout` file of `host client peer admin http` lines), on exactly
+    /// those addresses, since its map names them.
+    pub async fn start_from_fixture(fixture: &std::path::Path, shards: u32) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("raftkv-test-")
+            .tempdir()
+            .expect("temp dir");
+        let status = Command::new("tar")
+            .arg("-xzf")
+            .arg(fixture)
+            .arg("-C")
+            .arg(root.path())
+            .status()
+            .expect("run tar");
+        assert!(status.success(), "unpacking {}", fixture.display());
+        let layout = std::fs::read_to_string(root.path().join("layout")).expect("fixture layout");
+        let mut c = Cluster {
+            root,
+            nodes: Vec::new(),
+            shards,
+            options: Options::default(),
+        };
+        for (i, line) in layout.lines().enumerate() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = |k: usize| f[k].parse::<u16>().expect("a port");
+            let mut node = Node {
+                log: c.root.path().join(format!("node{i}.log")),
+                dir: c.root.path().join(format!("node{i}")),
+                host: f[0].to_string(),
+                ports: Ports {
+                    client: port(1),
+                    peer: port(2),
+                    admin: port(3),
+                    http: port(4),
+                },
+                extra_args: vec![],
+                child: None,
+                id: 0,
+                disk: None,
+                fd_limit: None,
+            };
+            node.start();
+            node.wait_up(Duration::from_secs(30)).await;
+            c.nodes.push(node);
+        }
+        c
+    }
+
+    /// Writes the `layout` file [`Cluster::start_from_fixture`] reads.
+    pub fn write_layout(&self, to: &std::path::Path) {
+        let lines: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let p = n.ports;
+                format!("{} {} {} {} {}", n.host, p.client, p.peer, p.admin, p.http)
+            })
+            .collect();
+        std::fs::write(to, lines.join("\n") + "\n").expect("write layout");
+    }
+
+    /// Starts `n` unjoined nodes on `host` at the fixed ports `base`,
+    /// `base + 1`, … (four a node): for a fixture whose map must name
+    /// addresses a later test can listen on again.
+    pub async fn start_fixed(n: usize, host: &str, base: u16, extra_args: &[&str]) -> Cluster {
+        let mut c = Cluster::start(0, extra_args).await;
+        for i in 0..n {
+            let at = base + 4 * i as u16;
+            let mut node = Node {
+                log: c.root.path().join(format!("node{i}.log")),
+                dir: c.root.path().join(format!("node{i}")),
+                host: host.to_string(),
+                ports: Ports {
+                    client: at,
+                    peer: at + 1,
+                    admin: at + 2,
+                    http: at + 3,
+                },
+                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                child: None,
+                id: 0,
+                disk: None,
+                fd_limit: None,
+            };
+            node.start();
+            node.wait_up(Duration::from_secs(30)).await;
+            c.nodes.push(node);
+        }
+        c
+    }
+}
+
+impl Cluster {
     fn keep_dir(&mut self) -> PathBuf {
         std::mem::replace(&mut self.root, tempfile::tempdir().expect("temp dir")).keep()
     }
