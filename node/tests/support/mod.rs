@@ -588,27 +588,36 @@ impl Cluster {
         for (i, line) in layout.lines().enumerate() {
             let f: Vec<&str> = line.split_whitespace().collect();
             let port = |k: usize| f[k].parse::<u16>().expect("a port");
-            let mut node = Node {
-                log: c.root.path().join(format!("node{i}.log")),
-                dir: c.root.path().join(format!("node{i}")),
-                host: f[0].to_string(),
-                ports: Ports {
-                    client: port(1),
-                    peer: port(2),
-                    admin: port(3),
-                    http: port(4),
-                },
-                extra_args: vec![],
-                child: None,
-                id: 0,
-                disk: None,
-                fd_limit: None,
+            let ports = Ports {
+                client: port(1),
+                peer: port(2),
+                admin: port(3),
+                http: port(4),
             };
-            node.start();
-            node.wait_up(Duration::from_secs(30)).await;
-            c.nodes.push(node);
+            assert_eq!(c.start_node_at(f[0], ports, &[]).await, i);
         }
         c
+    }
+
+    /// Starts node `i` (the next one) on `host` and `ports`, with whatever its
+    /// directory holds; returns its index.
+    async fn start_node_at(&mut self, host: &str, ports: Ports, extra_args: &[&str]) -> usize {
+        let i = self.nodes.len();
+        let mut node = Node {
+            log: self.root.path().join(format!("node{i}.log")),
+            dir: self.root.path().join(format!("node{i}")),
+            host: host.to_string(),
+            ports,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            id: 0,
+            disk: None,
+            fd_limit: None,
+        };
+        node.start();
+        node.wait_up(Duration::from_secs(30)).await;
+        self.nodes.push(node);
+        i
     }
 
     /// Writes the `layout` file [`Cluster::start_from_fixture`] reads.
@@ -631,25 +640,13 @@ impl Cluster {
         let mut c = Cluster::start(0, extra_args).await;
         for i in 0..n {
             let at = base + 4 * i as u16;
-            let mut node = Node {
-                log: c.root.path().join(format!("node{i}.log")),
-                dir: c.root.path().join(format!("node{i}")),
-                host: host.to_string(),
-                ports: Ports {
-                    client: at,
-                    peer: at + 1,
-                    admin: at + 2,
-                    http: at + 3,
-                },
-                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-                child: None,
-                id: 0,
-                disk: None,
-                fd_limit: None,
+            let ports = Ports {
+                client: at,
+                peer: at + 1,
+                admin: at + 2,
+                http: at + 3,
             };
-            node.start();
-            node.wait_up(Duration::from_secs(30)).await;
-            c.nodes.push(node);
+            c.start_node_at(host, ports, extra_args).await;
         }
         c
     }
