@@ -146,10 +146,8 @@ impl Host {
             host.publish_map(Arc::new(m.clone()));
         }
         for g in engine.groups()? {
-            let replica = engine.replica_id(g)?.unwrap_or(node_id);
-            if let Some(gone) = engine.tombstone(g, node_id)?
-                && replica <= gone
-            {
+            let replica = host.recorded_replica(g)?;
+            if let Some(gone) = host.destroyed_here(g, replica)? {
                 tracing::warn!(group = %g, replica, destroyed = gone, "not opening the data of a destroyed incarnation");
                 continue;
             }
@@ -284,7 +282,7 @@ impl Host {
             let g = GroupId::Shard(s);
             let replicas = map.replicas(s).expect("shards_on returns known shards");
             let replica = replicas.replica_on(self.id).expect("shards_on lists members");
-            if self.engine.tombstone(g, self.id)?.is_some_and(|gone| replica <= gone) {
+            if self.destroyed_here(g, replica)?.is_some() {
                 continue; // moved away and destroyed since
             }
             let group = self.open_group(g, replica).await?;

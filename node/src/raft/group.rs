@@ -131,6 +131,18 @@ impl Group {
 }
 
 impl Host {
+    /// The incarnation of `g` whose data this node holds: the recorded id,
+    /// else (replicas placed at bootstrap) the node id.
+    pub(crate) fn recorded_replica(&self, g: GroupId) -> std::io::Result<ReplicaId> {
+        Ok(self.engine.replica_id(g)?.unwrap_or(self.id))
+    }
+
+    /// The highest incarnation of `g` destroyed here, when `replica` is not
+    /// above it (so it must never be hosted here).
+    pub(crate) fn destroyed_here(&self, g: GroupId, replica: ReplicaId) -> std::io::Result<Option<ReplicaId>> {
+        Ok(self.engine.tombstone(g, self.id)?.filter(|gone| replica <= *gone))
+    }
+
     /// Opens (or creates, empty) incarnation `replica` of `g` on this node.
     /// Refused when another incarnation of `g` is open here (it must be
     /// destroyed first), or when one at least as new was destroyed here: a
@@ -146,14 +158,12 @@ impl Host {
                 self.id, existing.replica
             )));
         }
-        if let Some(gone) = self.engine.tombstone(g, self.id)?
-            && replica <= gone
-        {
+        if let Some(gone) = self.destroyed_here(g, replica)? {
             return Err(NodeError::Refused(format!(
                 "replica {gone} of shard {g} was destroyed on this node; only a newer incarnation (id above {gone}) is created here"
             )));
         }
-        let recorded = self.engine.replica_id(g)?.unwrap_or(self.id);
+        let recorded = self.recorded_replica(g)?;
         if recorded != replica {
             if self.engine.groups()?.contains(&g) {
                 return Err(NodeError::Refused(format!(
@@ -219,7 +229,7 @@ impl Host {
         let _guard = self.creating.lock().await;
         let hosted = match self.group(g) {
             Some(group) => Some(group.replica),
-            None if self.engine.groups()?.contains(&g) => Some(self.engine.replica_id(g)?.unwrap_or(self.id)),
+            None if self.engine.groups()?.contains(&g) => Some(self.recorded_replica(g)?),
             None => None,
         };
         if let Some(hosted) = hosted
